@@ -1,0 +1,131 @@
+"""Data set adapters list samples as a plain DataFrame with fixed columns (anomalib's shape).
+
+Everything downstream (split, generators, detectors, metrics) works on that table and on the
+images it names, never on globbing again.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+# One row per image.
+#   category      str
+#   split         "train" | "test"   ("validation" rows of LOCO are kept as "train" normals)
+#   label         0 normal, 1 anomalous
+#   defect_type   "good" for normals, else the defect folder name
+#   defect_group  "" or a family of defect types (LOCO: "logical" / "structural")
+#   image_path    str
+#   mask_paths    tuple[str, ...]  empty for normals and for image-level data sets
+#   image_id      str  unique inside the category, stable across runs (used for seeding/splits)
+COLUMNS = ["category", "split", "label", "defect_type", "defect_group", "image_path",
+           "mask_paths", "image_id"]
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file or folder."""
+
+
+class DatasetAdapter:
+    """Base adapter. Subclasses set ``name`` and implement ``categories`` and ``_samples``."""
+
+    name: str = ""
+    has_masks: bool = True            # False: image-level labels only (pixel metrics n/a)
+    object_categories: frozenset[str] = frozenset()
+    needs_root: bool = True
+
+    def __init__(self, root: str | Path | None = None, **cfg):
+        self.cfg = cfg
+        self.root = Path(root).expanduser() if root is not None else None
+        if self.needs_root:
+            if self.root is None:
+                raise DataError(f"data set {self.name!r} needs --data-root (the folder of its official release)")
+            if not self.root.is_dir():
+                raise DataError(f"data set {self.name!r}: data root {str(self.root)!r} does not exist")
+
+    def categories(self) -> list[str]:
+        raise NotImplementedError
+
+    def is_object(self, category: str) -> bool:
+        return category in self.object_categories
+
+    def _samples(self, category: str) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def samples(self, category: str) -> pd.DataFrame:
+        """The validated sample table of one category."""
+        if category not in self.categories():
+            raise DataError(
+                f"data set {self.name!r} has no category {category!r}; found: {', '.join(self.categories())}")
+        df = self._samples(category)
+        return validate_samples(df, self.name, category, self.has_masks)
+
+    def defect_config(self, category: str) -> dict | None:
+        """Per-defect metadata (LOCO's defects_config.json); None elsewhere."""
+        return None
+
+
+def validate_samples(df: pd.DataFrame, dataset: str, category: str, has_masks: bool) -> pd.DataFrame:
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{dataset}/{category}: sample table lacks columns {missing}")
+    df = df[COLUMNS].reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"{dataset}/{category}: no images found")
+    if not (df["split"] == "train").any():
+        raise DataError(f"{dataset}/{category}: no training images found")
+    if not (df["split"] == "test").any():
+        raise DataError(f"{dataset}/{category}: no test images found")
+    if has_masks:
+        bad = df[(df["label"] == 1) & (df["mask_paths"].map(len) == 0)]
+        if len(bad):
+            raise DataError(f"{dataset}/{category}: anomalous image without a mask: {bad['image_path'].iloc[0]}")
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
+        raise DataError(f"{dataset}/{category}: duplicate image id {dup!r}")
+    return df
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read an image as RGB uint8 HxWx3, resized (area) to size x size when given."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"cannot read image {str(path)!r}")
+    if img.dtype != np.uint8:  # 16-bit PNG etc.
+        img = (img.astype(np.float64) / np.iinfo(img.dtype).max * 255).round().astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if size is not None and img.shape[:2] != (size, size):
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return np.ascontiguousarray(img)
+
+
+def load_mask(paths: tuple[str, ...] | list[str], size: int | None = None,
+              shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Union of the given mask files as bool HxW (any value > 0 is defect; VisA stores 0/1/2).
+
+    Resized nearest-neighbour so a mask of a different size still lines up with its image.
+    """
+    out = None
+    for p in paths:
+        m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        if m is None:
+            raise DataError(f"cannot read mask {str(p)!r}")
+        if size is not None and m.shape != (size, size):
+            m = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+        elif shape is not None and m.shape != shape:
+            m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        out = m > 0 if out is None else (out | (m > 0))
+    if out is None:
+        if size is None and shape is None:
+            raise DataError("load_mask needs at least one path, or a size for an empty mask")
+        hw = (size, size) if size is not None else shape
+        return np.zeros(hw, dtype=bool)
+    return out

@@ -1,0 +1,40 @@
+"""The detector interface: fit on normal train images plus generated pairs, predict scores and maps.
+
+Every detector returns raw scores (higher = more anomalous) and raw anomaly maps at the input
+resolution; benchmark.metrics turns them into numbers, so tables never depend on which
+detector ran (see EVALUATION.md: anomalib's own metric path is not used).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from generators.base import Pair
+
+
+@dataclass
+class DetectorContext:
+    category: str
+    device: str = "cpu"
+    seed: int = 0
+    work_dir: Path | None = None
+    image_size: int = 128
+
+
+class Detector(ABC):
+    registry_name: str = ""
+    uses_pairs: bool = True  # False: an unsupervised "no augmentation" reference
+
+    def __init__(self, **cfg):
+        self.cfg = cfg
+
+    @abstractmethod
+    def fit(self, normals: np.ndarray, pairs: list[Pair], ctx: DetectorContext) -> None:
+        """normals: uint8 [N,H,W,3]; pairs: generated (image, mask, defect) examples."""
+
+    @abstractmethod
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """images uint8 [N,H,W,3] -> (scores float64 [N], maps float32 [N,H,W])."""

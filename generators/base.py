@@ -1,0 +1,67 @@
+"""The generator interface: fit on normals plus a few real anomalies, then make (image, mask) pairs.
+
+Everything crossing this boundary is a plain numpy value so a generator can be written without
+knowing anything about the runner, the cache or the detectors.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Pair:
+    """One anomaly example: image uint8 HxWx3, mask bool HxW, and its defect type."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    defect_type: str
+
+
+@dataclass
+class FitData:
+    """What a generator may learn from. Never contains an evaluation image (see benchmark.split)."""
+
+    category: str
+    normals: list[np.ndarray]            # normal train images, uint8 HxWx3, run resolution
+    anomalies: list[Pair]                # the few-shot real anomalies (generator half of the split)
+    defect_types: list[str]              # defect types to generate (those with few-shot examples)
+    is_object: bool = False              # objects: paste on the foreground only
+    aux_images: list[np.ndarray] = field(default_factory=list)  # texture sources (other categories)
+    foreground: Callable[[np.ndarray], np.ndarray] | None = None  # image -> bool HxW foreground
+    device: str = "cpu"
+    work_dir: Path | None = None         # where a generator may keep checkpoints
+    image_size: int = 128
+
+
+class Generator(ABC):
+    """Base class. Subclasses are registered with ``@register_generator(name)``.
+
+    Class attributes tell the runner what the generator needs and promises:
+    ``needs_masks``: uses the few-shot anomaly masks (refused on image-level data sets);
+    ``edits_normal``: output is a normal image changed only inside the mask.
+    """
+
+    registry_name: str = ""
+    needs_masks: bool = False
+    needs_anomalies: bool = False
+    edits_normal: bool = True
+
+    def __init__(self, **cfg):
+        self.cfg = cfg
+
+    @abstractmethod
+    def fit(self, data: FitData, rng: np.random.Generator) -> None:
+        """Learn whatever the generator needs; cheap generators just keep references."""
+
+    @abstractmethod
+    def generate(self, n: int, defect_type: str, rng: np.random.Generator) -> list[Pair]:
+        """Return ``n`` pairs of the given defect type, deterministic given ``rng``."""
+
+    def cache_token(self) -> dict:
+        """Everything besides cfg that changes the output (bump ``version`` on behaviour change)."""
+        return {"version": getattr(self, "version", 1)}
