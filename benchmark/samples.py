@@ -1,0 +1,32 @@
+"""`run_benchmark.py samples`: look at what a generator makes, as a PNG grid of pairs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from .cell import load_images, make_pairs
+from .config import RunConfig
+from .datasets import create_dataset
+from .split import few_shot_split
+
+
+def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = None,
+                  console: Console | None = None) -> Path:
+    from generators import get_generator_class
+
+    from .plots import pair_grid
+
+    get_generator_class(generator)  # unknown name: one-line error before any work
+    dataset = cfg.datasets[0]
+    adapter = create_dataset(dataset, cfg.data_root, **cfg.dataset_cfg.get(dataset, {}))
+    category = cfg.categories[0] if cfg.categories != "all" else adapter.categories()[0]
+    cell = cfg.cell(dataset, category, generator, cfg.detectors[0], cfg.seeds[0])
+    cell.pairs_per_defect = n
+    split = few_shot_split(adapter.samples(category), cell.split.fraction, cell.split.mode, cell.seed)
+    normals = load_images(split.train_normals, cell.image_size)
+    log = (lambda m: console.print(m)) if console else None
+    pairs, _, _ = make_pairs(cell, adapter, split, normals, cfg.cache_dir, log)
+    path = Path(out) if out else Path("results/samples") / f"{generator}_{dataset}_{category}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(pair_grid(pairs, path, title=f"{generator} on {dataset}/{category} (seed {cell.seed})"))
