@@ -67,10 +67,11 @@ def generator_key(cfg: CellConfig, split: Split, gen_token: dict) -> str:
 
 
 def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: np.ndarray,
-               cache_dir: str | Path, progress: Progress | None = None) -> tuple[list[Pair], bool, list[Pair]]:
+               cache_dir: str | Path, progress: Progress | None = None
+               ) -> tuple[list[Pair], bool, list[Pair], Path]:
     """Fit the generator on the few-shot half and generate, or read the cached set.
 
-    Returns (pairs, from_cache, few-shot real anomalies)."""
+    Returns (pairs, from_cache, few-shot real anomalies, folder of the generated set)."""
     gen_cls = get_generator_class(cfg.generator)
     if getattr(gen_cls, "needs_masks", False) and not adapter.has_masks:
         raise ValueError(f"generator {cfg.generator!r} needs pixel masks of real anomalies, but data set "
@@ -88,7 +89,7 @@ def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: 
     cached = gcache.load_pairs(root)
     if cached is not None:
         _log(progress, f"generated set from cache {root}")
-        return cached, True, real
+        return cached, True, real, root
     if getattr(gen_cls, "needs_anomalies", False) and not real:
         raise ValueError(f"generator {cfg.generator!r} needs few-shot anomalies, but the split gave none "
                          f"for {cfg.dataset}/{cfg.category}")
@@ -116,7 +117,7 @@ def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: 
     gcache.save_pairs(root, pairs, {"generator": cfg.generator, "category": cfg.category,
                                     "dataset": cfg.dataset, "config": cfg.generator_cfg,
                                     "seed": cfg.seed, "key": key, "token": gen.cache_token()})
-    return pairs, False, real
+    return pairs, False, real, root
 
 
 def resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
@@ -140,11 +141,12 @@ def evaluate(cfg: CellConfig, adapter: DatasetAdapter, ev: pd.DataFrame, scores:
     else:
         out.update({k: None for k in ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_aupro")})
     groups = sorted(g for g in ev["defect_group"].unique() if g)
-    for g in groups:  # e.g. LOCO: logical / structural, each against all good images
-        sel = ((ev["label"] == 0) | (ev["defect_group"] == g)).to_numpy()
-        out[f"image_auroc[{g}]"] = float(M.auroc(labels[sel], scores[sel]))
-    if groups:
-        out["image_auroc_groups_mean"] = float(np.mean([out[f"image_auroc[{g}]"] for g in groups]))
+    if groups:  # LOCO: each group against all good images, then averaged (its official protocol)
+        for g in groups:
+            sel = ((ev["label"] == 0) | (ev["defect_group"] == g)).to_numpy()
+            out[f"image_auroc_{g}"] = float(M.auroc(labels[sel], scores[sel]))
+        out["image_auroc_pooled"] = out["image_auroc"]
+        out["image_auroc"] = float(np.mean([out[f"image_auroc_{g}"] for g in groups]))
     return out
 
 
@@ -175,8 +177,9 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         detector = create_detector(cfg.detector, **cfg.detector_cfg)
         pairs: list[Pair] = []
         if cfg.generator != NO_GENERATOR:
-            pairs, from_cache, real = make_pairs(cfg, adapter, split, normals, cache_dir, progress)
+            pairs, from_cache, real, set_root = make_pairs(cfg, adapter, split, normals, cache_dir, progress)
             record["generated_from_cache"] = from_cache
+            record["generated_set"] = str(set_root)
             t = lap("generate", t)
             from .quality import quality_report
             by_def: dict[str, list[Pair]] = {}

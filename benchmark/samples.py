@@ -26,7 +26,7 @@ def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = 
     split = few_shot_split(adapter.samples(category), cell.split.fraction, cell.split.mode, cell.seed)
     normals = load_images(split.train_normals, cell.image_size)
     log = (lambda m: console.print(m)) if console else None
-    pairs, _, _ = make_pairs(cell, adapter, split, normals, cfg.cache_dir, log)
+    pairs, _, _, _ = make_pairs(cell, adapter, split, normals, cfg.cache_dir, log)
     path = Path(out) if out else Path("results/samples") / f"{generator}_{dataset}_{category}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(pair_grid(pairs, path, title=f"{generator} on {dataset}/{category} (seed {cell.seed})"))
