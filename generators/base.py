@@ -50,6 +50,7 @@ class Generator(ABC):
     needs_masks: bool = False
     needs_anomalies: bool = False
     edits_normal: bool = True
+    uses_aux_images: bool = False  # True: the runner fills FitData.aux_images (costs image loads)
 
     def __init__(self, **cfg):
         self.cfg = cfg
