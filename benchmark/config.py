@@ -93,10 +93,23 @@ class RunConfig:
     results_dir: str = "results/runs"
     cache_dir: str = "results/cache"
 
+    def root_of(self, dataset: str) -> str | None:
+        """Data root of one data set: with several data sets, ``<data_root>/<dataset>`` when that
+        folder exists (the paper preset's layout), else None for adapters that need no root."""
+        if self.data_root is None or len(self.datasets) <= 1:
+            return self.data_root
+        sub = Path(self.data_root).expanduser() / dataset
+        if sub.is_dir():
+            return str(sub)
+        from .datasets import DATASETS, list_datasets
+
+        list_datasets()
+        return self.data_root if getattr(DATASETS.get(dataset), "needs_root", True) else None
+
     def cell(self, dataset: str, category: str, generator: str, detector: str, seed: int) -> CellConfig:
         return CellConfig(
             dataset=dataset, category=category, generator=generator, detector=detector, seed=seed,
-            data_root=self.data_root, dataset_cfg=dict(self.dataset_cfg.get(dataset, {})),
+            data_root=self.root_of(dataset), dataset_cfg=dict(self.dataset_cfg.get(dataset, {})),
             image_size=self.image_size, eval_size=self.eval_size,
             split=SplitConfig(**dataclasses.asdict(self.split)),
             pairs_per_defect=self.pairs_per_defect,

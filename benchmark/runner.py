@@ -40,7 +40,7 @@ def plan(cfg: RunConfig) -> Plan:
     cells: list[CellConfig] = []
     seen: set[str] = set()
     for dataset in cfg.datasets:
-        adapter = create_dataset(dataset, cfg.data_root, **cfg.dataset_cfg.get(dataset, {}))
+        adapter = create_dataset(dataset, cfg.root_of(dataset), **cfg.dataset_cfg.get(dataset, {}))
         cats = adapter.categories()
         if cfg.categories != "all":
             missing = [c for c in cfg.categories if c not in cats]
@@ -89,7 +89,8 @@ def run_ray(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[d
         addr = opts.get("address")
         init_kw = {"address": addr} if addr else {"num_cpus": opts.get("local_num_cpus") or os.cpu_count()}
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"working_dir": None, "env_vars": {"HF_HUB_OFFLINE": "1"}}, **init_kw)
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}},
+                 **init_kw)
     remote = ray.remote(num_cpus=opts.get("num_cpus", 1), num_gpus=opts.get("num_gpus", 0),
                         max_retries=0)(_ray_cell)
     refs = {remote.remote(c.to_dict(), str(Path(cfg.cache_dir).resolve()), str(Path.cwd())): c for c in cells}

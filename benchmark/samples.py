@@ -19,7 +19,7 @@ def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = 
 
     get_generator_class(generator)  # unknown name: one-line error before any work
     dataset = cfg.datasets[0]
-    adapter = create_dataset(dataset, cfg.data_root, **cfg.dataset_cfg.get(dataset, {}))
+    adapter = create_dataset(dataset, cfg.root_of(dataset), **cfg.dataset_cfg.get(dataset, {}))
     category = cfg.categories[0] if cfg.categories != "all" else adapter.categories()[0]
     cell = cfg.cell(dataset, category, generator, cfg.detectors[0], cfg.seeds[0])
     cell.pairs_per_defect = n

@@ -62,7 +62,7 @@ class DatasetAdapter:
         df = self._samples(category)
         return validate_samples(df, self.name, category, self.has_masks)
 
-    def defect_config(self, category: str) -> dict | None:
+    def defect_config(self, category: str) -> list[dict] | None:
         """Per-defect metadata (LOCO's defects_config.json); None elsewhere."""
         return None
 

@@ -1,0 +1,73 @@
+"""MPDD (Metal Parts Defect Detection) read with anomalib's ``make_mpdd_dataset``.
+
+Layout is MVTec AD's: ``<root>/<category>/{train/good, test/<defect>,
+ground_truth/<defect>/<id>_mask.png}``; every category is a metal part, so all are objects.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import register_dataset
+from .base import DataError, DatasetAdapter
+from .mvtec_ad import IMG_SUFFIXES, check_masks
+
+MPDD_CATEGORIES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate",
+                   "tubes")
+
+
+def require_category_dir(adapter: DatasetAdapter, category: str) -> Path:
+    """The category folder, or a DataError naming the folder that should hold it."""
+    cat_root = adapter.root / category
+    if not cat_root.is_dir():
+        raise DataError(f"{adapter.name}: category folder {str(cat_root)!r} does not exist")
+    return cat_root
+
+
+def anomalib_to_table(raw: pd.DataFrame, category: str) -> pd.DataFrame:
+    """anomalib's (split, label, image_path, mask_path, label_index) frame -> our COLUMNS."""
+    rows = []
+    for r in raw.itertuples(index=False):
+        p = Path(r.image_path)
+        label = int(r.label_index)
+        mask = r.mask_path if isinstance(r.mask_path, str) and r.mask_path else None
+        rows.append({
+            "category": category,
+            "split": r.split,
+            "label": label,
+            "defect_type": r.label,
+            "defect_group": "",
+            "image_path": str(p),
+            "mask_paths": (mask,) if (label == 1 and mask) else (),
+            "image_id": f"{r.split}/{r.label}/{p.stem}",
+        })
+    return pd.DataFrame(rows)
+
+
+@register_dataset("mpdd")
+class MPDD(DatasetAdapter):
+    name = "mpdd"
+    object_categories = frozenset(MPDD_CATEGORIES)
+
+    def categories(self) -> list[str]:
+        found = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
+        if not found:
+            raise DataError(f"{self.name}: no category folders with a train/ subfolder under "
+                            f"{str(self.root)!r} (expected e.g. {', '.join(MPDD_CATEGORIES[:3])})")
+        return found
+
+    def samples(self, category: str) -> pd.DataFrame:
+        require_category_dir(self, category)
+        return super().samples(category)
+
+    def _samples(self, category: str) -> pd.DataFrame:
+        from anomalib.data.datasets.image.mpdd import make_mpdd_dataset
+
+        cat_root = require_category_dir(self, category)
+        check_masks(cat_root)
+        try:
+            raw = make_mpdd_dataset(cat_root, split=None, extensions=IMG_SUFFIXES)
+        except Exception as e:  # MisMatchError / RuntimeError: re-raise naming the folder
+            raise DataError(f"{self.name}: {str(cat_root)!r}: {e}") from e
+        return anomalib_to_table(raw, category)
