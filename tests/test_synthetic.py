@@ -1,0 +1,142 @@
+"""The embedded data set: MVTec AD layout, determinism, exact masks, atomic one-time build."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmark.datasets import DataError, create_dataset, load_image, load_mask
+from benchmark.datasets import synthetic as sy
+
+SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_defect=2)
+
+
+def _files(tree: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(tree)): p.read_bytes() for p in sorted(tree.rglob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    ds = create_dataset("synthetic", root=tmp_path_factory.mktemp("syn"), seed=0, **SMALL)
+    ds.ensure()
+    return ds
+
+
+def test_mvtec_layout_and_adapter_counts(small):
+    tree = small.root
+    assert tree.name == "v1-s0-64px-n3-2-2" and (tree / sy.MANIFEST).is_file()
+    assert small.categories() == list(sy.CATEGORIES)
+    assert len(sy.TEXTURES) >= 2 and len(sy.OBJECTS) >= 1
+    assert small.object_categories == frozenset(sy.OBJECTS) and small.is_object("washer") and not small.is_object("weave")
+    for cat in sy.CATEGORIES:
+        assert len(sy.DEFECTS[cat]) >= 3
+        assert (tree / cat / "train" / "good" / "002.png").is_file()
+        assert (tree / cat / "test" / "good" / "001.png").is_file()
+        df = small.samples(cat)
+        assert ((df.split == "train") & (df.label == 0)).sum() == 3
+        assert ((df.split == "test") & (df.label == 0)).sum() == 2
+        for d in sy.DEFECTS[cat]:
+            rows = df[df.defect_type == d]
+            assert len(rows) == 2 and (rows.label == 1).all() and (rows.split == "test").all()
+            for r in rows.itertuples():
+                (mp,) = r.mask_paths
+                assert Path(mp) == tree / cat / "ground_truth" / d / (Path(r.image_path).stem + "_mask.png")
+                raw = cv2.imread(mp, cv2.IMREAD_UNCHANGED)
+                assert raw.shape == (64, 64) and set(np.unique(raw)) <= {0, 255} and (raw == 255).any()
+                assert load_image(r.image_path).shape == (64, 64, 3)
+
+
+def test_tree_images_are_make_sample(small):
+    for cat in ("weave", "washer"):
+        d = sy.DEFECTS[cat][0]
+        _, img, mask = sy.make_sample(cat, "test", d, 1, seed=0, size=64)
+        path = small.root / cat / "test" / d / "001.png"
+        assert np.array_equal(load_image(path), img)
+        assert np.array_equal(load_mask([str(path.parent.parent.parent / "ground_truth" / d / "001_mask.png")]), mask)
+
+
+def test_same_seed_identical_other_seed_differs(small, tmp_path):
+    again = create_dataset("synthetic", root=tmp_path / "a", seed=0, **SMALL)
+    other = create_dataset("synthetic", root=tmp_path / "b", seed=1, **SMALL)
+    a, b = _files(again.ensure()), _files(other.ensure())
+    ref = _files(small.root)
+    assert a == ref
+    assert a.keys() == b.keys()
+    assert sum(a[k] != b[k] for k in a) == len(a)
+
+
+@pytest.mark.parametrize("cat", sy.CATEGORIES)
+def test_masks_are_exactly_the_changed_pixels(cat):
+    for d in sy.DEFECTS[cat]:
+        for i in range(3):
+            normal, img, mask = sy.make_sample(cat, "test", d, i, seed=3, size=64)
+            changed = (img != normal).any(-1)
+            assert mask.any(), (cat, d, i)
+            assert np.array_equal(changed, mask), (cat, d, i)
+    normal, img, mask = sy.make_sample(cat, "test", "good", 0, seed=3, size=64)
+    assert np.array_equal(normal, img) and not mask.any()
+
+
+def test_defects_vary_in_size():
+    areas = {d: [sy.make_sample("granite", "test", d, i, size=64)[2].mean() for i in range(6)]
+             for d in sy.DEFECTS["granite"]}
+    assert all(max(a) > 1.5 * min(a) for a in areas.values())
+    assert np.mean(areas["scratch"]) < np.mean(areas["stain"])   # thin vs blob-like
+
+
+def test_second_call_reuses_tree(small):
+    before = {p: p.stat().st_mtime_ns for p in small.root.rglob("*")}
+    n = sy.builds
+    again = create_dataset("synthetic", root=small.root.parent, seed=0, **SMALL)
+    again.samples("granite")
+    assert sy.builds == n
+    assert {p: p.stat().st_mtime_ns for p in small.root.rglob("*")} == before
+
+
+def test_interrupted_build_leaves_no_trusted_tree(tmp_path, monkeypatch):
+    real, calls = sy._write_png, []
+
+    def flaky(path, arr):
+        calls.append(path)
+        if len(calls) == 20:
+            raise KeyboardInterrupt("simulated interruption")
+        real(path, arr)
+
+    monkeypatch.setattr(sy, "_write_png", flaky)
+    ds = create_dataset("synthetic", root=tmp_path, seed=0, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        ds.samples("weave")
+    assert not ds.root.exists() and list(tmp_path.iterdir()) == []
+    # a half tree at the final path (e.g. written by hand) is not trusted either
+    (ds.root / "weave" / "train" / "good").mkdir(parents=True)
+    monkeypatch.setattr(sy, "_write_png", real)
+    n = sy.builds
+    assert len(ds.samples("weave")) == 3 + 2 + 2 * len(sy.DEFECTS["weave"])
+    assert sy.builds == n + 1 and (ds.root / sy.MANIFEST).is_file()
+
+
+def test_object_poses_vary():
+    for cat in sy.OBJECTS:
+        poses = np.array([sy.pose(cat, "train", i, size=128) for i in range(6)])
+        assert np.ptp(poses[:, 0]) > 3 and np.ptp(poses[:, 1]) > 3
+        assert len(np.unique(np.round(poses[:, 2], 2))) == 6
+        # the rendered part really moves: foreground centroids differ
+        cents = []
+        for i in range(3):
+            g = sy.make_sample(cat, "train", "good", i, size=128)[0].mean(-1)
+            ys, xs = np.nonzero(g > 90)
+            cents.append((xs.mean(), ys.mean()))
+        assert np.ptp(np.array(cents), 0).max() > 2
+
+
+def test_default_cache_location_and_bad_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HELIXBENCH_CACHE", str(tmp_path))
+    ds = create_dataset("synthetic")
+    assert ds.root == tmp_path / "synthetic" / "v1-s0-128px" and not ds.root.exists()
+    assert create_dataset("synthetic", seed=4, image_size=96).root.name == "v1-s4-96px"
+    with pytest.raises(ValueError, match="image_size"):
+        create_dataset("synthetic", image_size="big")
+    with pytest.raises(ValueError, match="seed"):
+        create_dataset("synthetic", seed=-1)
+    with pytest.raises(DataError, match="no category"):
+        ds.samples("bottle")
