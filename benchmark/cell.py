@@ -147,7 +147,28 @@ def evaluate(cfg: CellConfig, adapter: DatasetAdapter, ev: pd.DataFrame, scores:
             out[f"image_auroc_{g}"] = float(M.auroc(labels[sel], scores[sel]))
         out["image_auroc_pooled"] = out["image_auroc"]
         out["image_auroc"] = float(np.mean([out[f"image_auroc_{g}"] for g in groups]))
+    defects = adapter.defect_config(cfg.category)
+    if defects is not None and adapter.has_masks:  # AU-sPRO, per group then averaged
+        maps_e = resize_maps(maps, cfg.eval_size)
+        channels = [[(load_mask((p,), cfg.eval_size), _pixel_value(p)) for p in mp] or None
+                    for mp in ev["mask_paths"]]
+        for g in groups or [""]:
+            sel = np.flatnonzero(((ev["label"] == 0) | (ev["defect_group"] == g)).to_numpy())
+            res = M.spro(maps_e[sel], [channels[i] for i in sel], defects)
+            for lim, v in res.items():
+                out[f"pixel_spro@{lim:g}" + (f"_{g}" if g else "")] = float(v)
+        for lim in M.SPRO_FPR_LIMITS:
+            vals = [out[f"pixel_spro@{lim:g}" + (f"_{g}" if g else "")] for g in groups or [""]]
+            out[f"pixel_spro@{lim:g}"] = float(np.mean(vals))
     return out
+
+
+def _pixel_value(path: str) -> int:
+    """A LOCO ground-truth PNG stores its defect's ``pixel_value`` in its non-zero pixels."""
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise DataError(f"cannot read mask {str(path)!r}")
+    return int(m.max())
 
 
 def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",

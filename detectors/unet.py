@@ -31,6 +31,8 @@ class UNetConfig:
     dice_weight: float = 0.0    # >0 adds a soft Dice term on the anomaly channel
     max_pairs_per_defect: int = 500
     pool_size: int = 21         # image score = max of this average pool of the map
+    crop_size: int | None = None  # train on random crops (each generated crop holds part of its
+                                  # mask): the net is fully convolutional, so this only buys speed
     predict_batch_size: int = 16
 
 
@@ -111,6 +113,26 @@ def cap_pairs(pairs: list[Pair], per_defect: int) -> list[Pair]:
     return out
 
 
+def random_crops(x: torch.Tensor, m: torch.Tensor, size: int, gen: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One size x size crop per image; where the mask has pixels, the crop contains one of them."""
+    H, W = x.shape[-2:]
+    xs, ms = [], []
+    for i in range(len(x)):
+        pos = m[i].nonzero()
+        if len(pos):
+            cy, cx = pos[torch.randint(len(pos), (1,), generator=gen)].squeeze(0).tolist()
+            lo_y, hi_y = max(0, cy - size + 1), min(cy, H - size)
+            lo_x, hi_x = max(0, cx - size + 1), min(cx, W - size)
+        else:
+            lo_y, hi_y, lo_x, hi_x = 0, H - size, 0, W - size
+        y0 = int(torch.randint(lo_y, hi_y + 1, (1,), generator=gen))
+        x0 = int(torch.randint(lo_x, hi_x + 1, (1,), generator=gen))
+        xs.append(x[i, :, y0:y0 + size, x0:x0 + size])
+        ms.append(m[i, y0:y0 + size, x0:x0 + size])
+    return torch.stack(xs), torch.stack(ms)
+
+
 @register_detector("unet")
 class UNetDetector(Detector):
     uses_pairs = True
@@ -152,8 +174,11 @@ class UNetDetector(Detector):
                 j = torch.randint(len(x_anom), (n_anom,), generator=gen)
                 xb.append(x_anom[j])
                 mb.append(m_anom[j])
-            x = torch.cat(xb).to(self.device)
-            m = torch.cat(mb).to(self.device)
+            x = torch.cat(xb)
+            m = torch.cat(mb)
+            if c.crop_size and c.crop_size < x.shape[-1]:
+                x, m = random_crops(x, m, c.crop_size, gen)
+            x, m = x.to(self.device), m.to(self.device)
             flip = torch.rand(len(x), generator=gen) < 0.5  # cheap augmentation from training data only
             x = torch.where(flip.to(self.device)[:, None, None, None], x.flip(-1), x)
             m = torch.where(flip.to(self.device)[:, None, None], m.flip(-1), m)

@@ -1,0 +1,119 @@
+"""End to end on a fixture tree in the MVTec AD layout: grid -> records -> tables; resumable."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmark import store
+from benchmark.cell import run_cell
+from benchmark.cli import main
+from benchmark.config import build_config
+from benchmark.runner import execute, plan
+from tests.layouts import make_mvtec_ad_tree
+
+TINY = ["detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}", "pairs_per_defect=3",
+        "image_size=32", "eval_size=32"]
+
+
+@pytest.fixture()
+def data_root(tmp_path):
+    return make_mvtec_ad_tree(tmp_path / "mvtec", categories=("bottle", "carpet"), n_train=6, n_good=3,
+                              defects={"broken": 4, "scratch": 4}, size=32)
+
+
+def _cfg(tmp_path, data_root, **over):
+    over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
+            "run": "t", **over}
+    cfg = build_config("quick", None, over, TINY)
+    cfg.cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
+def test_grid_runs_records_and_resumes(tmp_path, data_root):
+    cfg = _cfg(tmp_path, data_root, seeds="0,1")
+    p, recs = execute(cfg)
+    assert len(p.cells) == 4 and len(recs) == 4  # 2 categories x 1 generator x 1 detector x 2 seeds
+    assert all(r["status"] == "ok" for r in recs), [r.get("traceback") for r in recs]
+    r = recs[0]
+    for key in ("config", "hash", "metrics", "timings", "versions"):
+        assert key in r
+    assert 0.0 <= r["metrics"]["image_auroc"] <= 1.0 and 0.0 <= r["metrics"]["pixel_ap"] <= 1.0
+    # evaluation never contains a few-shot image: 4 anomalies per defect -> 2 evaluated each
+    assert r["split"] == {"train_normals": 6, "few_shot": 4, "eval_normals": 3, "eval_anomalies": 4}
+    assert r["n_pairs"] == 6
+    # a rerun plans nothing
+    p2, recs2 = execute(cfg)
+    assert len(p2.cells) == 4 and p2.todo == [] and recs2 == []
+    # a lost record is the only cell that runs again
+    files = sorted(store.cells_dir(cfg.run_dir).glob("*.json"))
+    files[0].unlink()
+    assert len(plan(cfg).todo) == 1
+
+
+def test_same_seed_same_record_metrics(tmp_path, data_root):
+    cfg = _cfg(tmp_path, data_root, categories="bottle")
+    c = plan(cfg).cells[0]
+    a = run_cell(c, tmp_path / "cacheA")
+    b = run_cell(c, tmp_path / "cacheB")
+    assert a["status"] == b["status"] == "ok"
+    assert a["metrics"] == b["metrics"] and a["eval"]["score"] == b["eval"]["score"]
+    c2 = run_cell(c, tmp_path / "cacheA")  # generated set now read from the cache
+    assert c2["generated_from_cache"] is True and c2["metrics"] == a["metrics"]
+
+
+def test_failed_cell_is_recorded_and_others_finish(tmp_path, data_root):
+    # an unreadable image in one category fails that cell only, naming the file
+    bad = data_root / "carpet" / "train" / "good" / "000.png"
+    bad.write_bytes(b"not a png")
+    cfg = _cfg(tmp_path, data_root)
+    _, recs = execute(cfg)
+    by_cat = {r["config"]["category"]: r for r in recs}
+    assert by_cat["bottle"]["status"] == "ok"
+    assert by_cat["carpet"]["status"] == "failed" and str(bad) in by_cat["carpet"]["error"]
+    assert "fit" not in by_cat["carpet"]["timings"]  # failed before any training
+    assert not store.is_done(cfg.run_dir, by_cat["carpet"]["hash"])  # a rerun retries it
+
+
+def test_cli_writes_tables_and_reports(tmp_path, data_root, capsys):
+    args = ["--dataset", "mvtec_ad", "--data-root", str(data_root), "--results-dir", str(tmp_path / "runs"),
+            "--run", "cli", "--generators", "cutpaste,none"] + sum((["--set", s] for s in TINY), []) + \
+           ["--set", f"cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "bottle" in out and "carpet" in out and "average" in out and "no augmentation" in out
+    tdir = tmp_path / "runs" / "cli" / "tables"
+    md = (tdir / "mvtec_ad_auroc.md").read_text()
+    assert (tdir / "mvtec_ad_ap.csv").is_file() and (tdir / "mvtec_ad_auroc.tex").is_file()
+    # `report` rebuilds identical tables from the records alone
+    (tdir / "mvtec_ad_auroc.md").unlink()
+    assert main(["report", str(tmp_path / "runs" / "cli")]) == 0
+    assert (tdir / "mvtec_ad_auroc.md").read_text() == md
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["--generators", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "cutpaste" in err[0]
+    assert main(["--dataset", "mvtec_ad", "--data-root", str(tmp_path / "no" / "such")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "no" / "such") in err[0]
+
+
+@pytest.mark.parametrize("dataset", ["mvtec_loco", "visa", "mpdd"])
+def test_cells_on_other_layouts(tmp_path, dataset):
+    import tests.layouts as L
+
+    make = {"mvtec_loco": lambda r: L.make_mvtec_loco_tree(r, n_train=6, n_good=3, size=32),
+            "visa": lambda r: L.make_visa_tree(r, n_train=6, n_good=3, n_bad=4, size=32),
+            "mpdd": lambda r: L.make_mpdd_tree(r, n_train=6, n_good=3, size=32)}[dataset]
+    root = make(tmp_path / dataset)
+    cfg = _cfg(tmp_path, root, datasets=dataset)
+    cell = plan(cfg).cells[0]
+    rec = run_cell(cell, tmp_path / "cache")
+    assert rec["status"] == "ok", rec.get("traceback")
+    m = rec["metrics"]
+    assert 0 <= m["pixel_auroc"] <= 1
+    if dataset == "mvtec_loco":  # groups scored separately against all good images, then averaged
+        assert {"image_auroc_logical", "image_auroc_structural", "pixel_spro@0.05"} <= set(m)
+        assert m["image_auroc"] == pytest.approx((m["image_auroc_logical"] + m["image_auroc_structural"]) / 2)
+        assert 0 <= m["pixel_spro@0.05"] <= 1
