@@ -38,13 +38,15 @@ def load_pairs(root: Path) -> list[Pair] | None:
     manifest = json.loads(man.read_text())
     pairs = []
     base = root / manifest["generator"] / manifest["category"]
+    sources = manifest.get("sources", {})
     for defect, n in manifest["counts"].items():
+        src = sources.get(defect, [None] * n)
         for i in range(n):
             img = cv2.imread(str(base / defect / f"{i:03d}.png"), cv2.IMREAD_COLOR)
             mask = cv2.imread(str(base / defect / f"{i:03d}_mask.png"), cv2.IMREAD_GRAYSCALE)
             if img is None or mask is None:
                 return None  # damaged set: regenerate
-            pairs.append(Pair(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask > 127, defect))
+            pairs.append(Pair(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask > 127, defect, src[i]))
     return pairs
 
 
@@ -54,15 +56,17 @@ def save_pairs(root: Path, pairs: list[Pair], manifest: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
     try:
         counts: dict[str, int] = {}
+        sources: dict[str, list] = {}
         base = tmp / manifest["generator"] / manifest["category"]
         for p in pairs:
             i = counts.get(p.defect_type, 0)
             counts[p.defect_type] = i + 1
+            sources.setdefault(p.defect_type, []).append(p.source)
             d = base / p.defect_type
             d.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(d / f"{i:03d}.png"), cv2.cvtColor(p.image, cv2.COLOR_RGB2BGR))
             cv2.imwrite(str(d / f"{i:03d}_mask.png"), p.mask.astype(np.uint8) * 255)
-        manifest = {**manifest, "counts": counts, "versions": package_versions()}
+        manifest = {**manifest, "counts": counts, "sources": sources, "versions": package_versions()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         if root.exists():
             shutil.rmtree(root)

@@ -209,7 +209,9 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
                 by_def.setdefault(p.defect_type, []).append(p)
             for p in real:
                 real_by.setdefault(p.defect_type, []).append(p)
-            record["quality"] = quality_report(by_def, real_by, cfg=cfg.quality)
+            sources = {d: [normals[p.source] for p in ps] for d, ps in by_def.items()
+                       if all(p.source is not None for p in ps)}
+            record["quality"] = quality_report(by_def, real_by, sources=sources or None, cfg=cfg.quality)
             t = lap("quality", t)
         _log(progress, f"training detector {cfg.detector}")
         ctx = DetectorContext(category=cfg.category, device=cfg.device, seed=cfg.seed,

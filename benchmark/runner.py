@@ -93,7 +93,9 @@ def run_ray(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[d
                  **init_kw)
     remote = ray.remote(num_cpus=opts.get("num_cpus", 1), num_gpus=opts.get("num_gpus", 0),
                         max_retries=0)(_ray_cell)
-    refs = {remote.remote(c.to_dict(), str(Path(cfg.cache_dir).resolve()), str(Path.cwd())): c for c in cells}
+    threads = max(1, int(opts.get("num_cpus", 1)))
+    refs = {remote.remote(c.to_dict(), str(Path(cfg.cache_dir).resolve()), str(Path.cwd()), threads): c
+            for c in cells}
     out = []
     with _progress(console) as prog:
         task = prog.add_task("cells (ray)", total=len(cells), status="")
@@ -113,9 +115,14 @@ def run_ray(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[d
     return out
 
 
-def _ray_cell(cell: dict, cache_dir: str, cwd: str) -> dict:
+def _ray_cell(cell: dict, cache_dir: str, cwd: str, threads: int) -> dict:
+    """Runs in a Ray worker. Ray pins workers to one thread; we give torch the task's CPUs, and
+    the same thread count as a local run gives bit-identical records."""
     import sys
 
+    import torch
+
+    torch.set_num_threads(threads)
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     from benchmark.cell import run_cell as _run

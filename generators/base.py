@@ -20,6 +20,8 @@ class Pair:
     image: np.ndarray
     mask: np.ndarray
     defect_type: str
+    source: int | None = None   # index into FitData.normals of the normal image this pair edits
+                                # (None: not an edit); lets the suite check pixels outside the mask
 
 
 @dataclass

@@ -113,7 +113,7 @@ class CropPaste(Generator):
             patch, m = self._fit_into(*self._jitter(src, smask, rng), img.shape[:2])
             top, left = self._place(idx, img, m, rng)
             out, mask = common.paste(img, patch, m, top, left)
-            pairs.append(Pair(out, mask, defect_type))
+            pairs.append(Pair(out, mask, defect_type, source=idx))
         return pairs
 
     def _place(self, idx, img, m, rng):

@@ -87,5 +87,5 @@ class CutPaste(Generator):
             top, left = common.random_top_left(rng, img.shape[:2], patch.shape[:2],
                                                self._allowed(idx, img))
             out, mask = common.paste(img, patch, pmask, top, left)
-            pairs.append(Pair(out, mask, defect_type))
+            pairs.append(Pair(out, mask, defect_type, source=idx))
         return pairs

@@ -240,5 +240,5 @@ class Draem(Generator):
             blended = (1 - beta) * t + beta * x
             out = img.copy()
             out[mask] = np.clip(np.round(blended[mask]), 0, 255).astype(np.uint8)
-            pairs.append(Pair(out, mask, defect_type))
+            pairs.append(Pair(out, mask, defect_type, source=idx))
         return pairs

@@ -182,5 +182,5 @@ class Nsa(Generator):
                 raise RuntimeError("nsa: no visible change after "
                                    f"{self.config.max_attempts} attempts; lower change_threshold "
                                    "or check that the normals are not flat")
-            pairs.append(Pair(out, mask, defect_type))
+            pairs.append(Pair(out, mask, defect_type, source=idx))
         return pairs

@@ -11,7 +11,9 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    import torch
+
+    ray.init(num_cpus=max(2, torch.get_num_threads()), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
 
@@ -21,9 +23,13 @@ def test_ray_matches_local_and_records_failures(tmp_path, local_ray):
                               defects={"broken": 4}, size=32)
     (root / "carpet" / "test" / "good" / "000.png").write_bytes(b"broken file")  # carpet fails
     out = {}
+    import torch
+
     for ex in ("local", "ray"):
+        # same torch thread count in both, so the float reductions (and records) are identical
         cfg = build_config("quick", None, {"datasets": "mvtec_ad", "data_root": str(root), "run": ex,
-                                           "results_dir": str(tmp_path / "runs"), "executor": ex}, TINY)
+                                           "results_dir": str(tmp_path / "runs"), "executor": ex},
+                           TINY + [f"ray.num_cpus={torch.get_num_threads()}"])
         cfg.cache_dir = str(tmp_path / f"cache-{ex}")
         _, recs = execute(cfg)
         out[ex] = {r["config"]["category"]: r for r in recs}

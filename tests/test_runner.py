@@ -41,6 +41,10 @@ def test_grid_runs_records_and_resumes(tmp_path, data_root):
     # evaluation never contains a few-shot image: 4 anomalies per defect -> 2 evaluated each
     assert r["split"] == {"train_normals": 6, "few_shot": 4, "eval_normals": 3, "eval_anomalies": 4}
     assert r["n_pairs"] == 6
+    # weight-free generation quality: cutpaste edits a normal only inside its mask
+    q = {row["defect_type"]: row for row in r["quality"]}
+    assert set(q) == {"broken", "scratch"} and q["broken"]["binariness"] == 1.0
+    assert q["broken"]["outside_change"] == 0.0 and q["broken"]["area_mean_gen"] > 0
     # a rerun plans nothing
     p2, recs2 = execute(cfg)
     assert len(p2.cells) == 4 and p2.todo == [] and recs2 == []
@@ -59,6 +63,7 @@ def test_same_seed_same_record_metrics(tmp_path, data_root):
     assert a["metrics"] == b["metrics"] and a["eval"]["score"] == b["eval"]["score"]
     c2 = run_cell(c, tmp_path / "cacheA")  # generated set now read from the cache
     assert c2["generated_from_cache"] is True and c2["metrics"] == a["metrics"]
+    assert c2["quality"] == a["quality"]  # sources survive the cache
 
 
 def test_failed_cell_is_recorded_and_others_finish(tmp_path, data_root):
@@ -117,3 +122,24 @@ def test_cells_on_other_layouts(tmp_path, dataset):
         assert {"image_auroc_logical", "image_auroc_structural", "pixel_spro@0.05"} <= set(m)
         assert m["image_auroc"] == pytest.approx((m["image_auroc_logical"] + m["image_auroc_structural"]) / 2)
         assert 0 <= m["pixel_spro@0.05"] <= 1
+
+
+def test_samples_command_writes_a_grid(tmp_path, data_root, capsys):
+    out = tmp_path / "grid.png"
+    args = ["samples", "--generator", "crop_paste", "--dataset", "mvtec_ad", "--data-root", str(data_root),
+            "--categories", "bottle", "--n", "3", "--out", str(out), "--set", "image_size=32",
+            "--set", f"cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    import cv2
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 32
+    assert main(["samples", "--generator", "nope"]) == 2
+
+
+def test_mask_generators_refused_on_image_level_data(tmp_path):
+    cfg = build_config("elpv", None, {"generators": "crop_paste", "results_dir": str(tmp_path / "r"),
+                                      "categories": "mono"}, TINY)
+    cfg.cache_dir = str(tmp_path / "cache")
+    rec = run_cell(plan(cfg).cells[0], cfg.cache_dir)
+    assert rec["status"] == "failed" and "image-level" in rec["error"] and "crop_paste" in rec["error"]
+    assert "fit" not in rec["timings"]
