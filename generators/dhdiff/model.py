@@ -1,0 +1,182 @@
+"""The DH-Diff network: one diffusers U-Net over two stacked streams, a Siamese condition
+encoder for the reference, a prompt encoder, and (sd scale) a frozen VAE.
+
+Choices where the paper is silent (also in dh-diff.md):
+* The condition encoder is a deep copy of the U-Net's conv_in, time embedding and down blocks
+  (ControlNet-style; at sd scale it therefore starts from the pretrained encoder). F^R at a
+  resolution is the last feature of the down block at that level before downsampling; decoder
+  and mid blocks reuse the feature of their level. The mid block is not copied.
+* At sampling, the reference is noised with the image stream's initial noise z_T (the "same
+  eps" of training, where that eps is known) at every step's timestep.
+* The mask enters the pixel U-Net repeated over the image channels (the streams must share the
+  conv weights); its prediction is the channel mean. At sd scale it goes through the VAE.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from .config import DHDiffConfig
+from .processors import DHContext, install_processors
+from .prompt import ClipPromptEncoder, LearnedPromptEncoder
+
+
+class ConditionEncoder(nn.Module):
+    """Siamese copy of the U-Net encoder; returns F^R per token count {N: [B, N, C]}."""
+
+    def __init__(self, unet: UNet2DConditionModel):
+        super().__init__()
+        self.conv_in = copy.deepcopy(unet.conv_in)
+        self.time_proj = copy.deepcopy(unet.time_proj)
+        self.time_embedding = copy.deepcopy(unet.time_embedding)
+        self.down_blocks = copy.deepcopy(unet.down_blocks)
+
+    def forward(self, r_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> dict[int, torch.Tensor]:
+        emb = self.time_embedding(self.time_proj(t).to(r_t.dtype))
+        h = self.conv_in(r_t)
+        feats: dict[int, torch.Tensor] = {}
+        for blk in self.down_blocks:
+            if getattr(blk, "has_cross_attention", False):
+                h, states = blk(h, temb=emb, encoder_hidden_states=text)
+            else:
+                h, states = blk(h, temb=emb)
+            f = states[len(blk.resnets) - 1]
+            feats[f.shape[-2] * f.shape[-1]] = f.flatten(2).transpose(1, 2)
+        return feats
+
+
+def _tiny_unet(cfg: DHDiffConfig, channels: int) -> UNet2DConditionModel:
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attn_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attn_levels))
+    return UNet2DConditionModel(
+        sample_size=cfg.patch_size, in_channels=channels, out_channels=channels,
+        down_block_types=down, up_block_types=up, block_out_channels=tuple(cfg.widths),
+        layers_per_block=cfg.layers_per_block, cross_attention_dim=cfg.text_dim,
+        attention_head_dim=cfg.heads, norm_num_groups=min(8, min(cfg.widths)),
+        mid_block_type="UNetMidBlock2DCrossAttn" if cfg.attn_levels[-1] else None,
+    )
+
+
+def _sd_dir(cfg: DHDiffConfig) -> Path:
+    path = Path(cfg.sd_path) if cfg.sd_path else None
+    if path is None or not (path / "unet").is_dir() or not (path / "vae").is_dir():
+        raise ValueError(f"dhdiff: config field 'sd_path' must be a local Stable-Diffusion-1.x folder "
+                         f"with unet/ and vae/ subfolders, got {cfg.sd_path!r}")
+    return path
+
+
+class DHDiffModel(nn.Module):
+    """eps-prediction for both streams; ``loss`` for training and ``sample`` for DDIM generation."""
+
+    def __init__(self, cfg: DHDiffConfig, variant: str, categories: list[str], defects: list[str]):
+        super().__init__()
+        self.cfg, self.variant = cfg, variant
+        self.vae: AutoencoderKL | None = None
+        if cfg.scale == "sd":
+            path = _sd_dir(cfg)
+            self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False)
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True, low_cpu_mem_usage=False).requires_grad_(False)
+            object.__setattr__(self, "vae", vae)   # frozen, loaded from the path, not in state_dict
+            sched_dir = path / "scheduler"
+            self.scheduler = (DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+                              if sched_dir.is_dir() else
+                              DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule))
+            self.channels = self.unet.config.in_channels
+        else:
+            self.channels = 3
+            self.unet = _tiny_unet(cfg, self.channels)
+            self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+        text_dim = self.unet.config.cross_attention_dim
+        if cfg.clip_path:
+            enc = ClipPromptEncoder(cfg.clip_path)
+            if enc.dim != text_dim:
+                raise ValueError(f"dhdiff: CLIP at 'clip_path' gives {enc.dim}-d text, the U-Net wants {text_dim}")
+            object.__setattr__(self, "prompt", enc)  # frozen, not in state_dict
+        else:
+            self.prompt = LearnedPromptEncoder(categories, defects, text_dim, cfg.n_ctx)
+        self.cond = ConditionEncoder(self.unet)      # copied before DH processors go in
+        self.processors = install_processors(self.unet, variant, cfg.placement_encoder,
+                                             cfg.placement_mid, cfg.placement_decoder)
+
+    # ---- latent space --------------------------------------------------------------------
+    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images [B, 3, H, W] -> model space (identity at tiny scale)."""
+        if self.vae is None:
+            return x
+        return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
+
+    def from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return z
+        return self.vae.decode(z / self.vae.config.scaling_factor).sample
+
+    def mask_to_input(self, m: torch.Tensor) -> torch.Tensor:
+        """Binary/[0,1] masks [B, 1, H, W] -> annotation-stream input in model space."""
+        return self.to_latent((m * 2 - 1).expand(-1, 3, -1, -1))
+
+    # ---- the two-stream U-Net --------------------------------------------------------------
+    def forward(self, z_img, z_mask, t, text, ref_t=None, control=None, has_control=None, defect_tokens=None):
+        b = z_img.shape[0]
+        if t.ndim == 0:
+            t = t.expand(b)
+        ctx = DHContext(size=tuple(z_img.shape[-2:]), control=control, has_control=has_control,
+                        defect_tokens=defect_tokens)
+        if ref_t is not None:
+            ctx.ref = self.cond(ref_t, t, text)
+        out = self.unet(torch.cat([z_img, z_mask]), torch.cat([t, t]), encoder_hidden_states=torch.cat([text, text]),
+                        cross_attention_kwargs={"dh": ctx}).sample
+        return out[:b], out[b:]
+
+    def loss(self, x, m, ref, categories, defects, control=None, has_control=None, generator=None):
+        """Eq. 8: noise MSE summed over both streams. x, ref in [-1, 1]; m, control in [0, 1]."""
+        z0, a0, r0 = self.to_latent(x), self.mask_to_input(m), self.to_latent(ref)
+        b, dev = z0.shape[0], z0.device   # randomness drawn on the CPU: same seed, same run anywhere
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=generator).to(dev)
+        eps_i = torch.randn(z0.shape, generator=generator).to(dev)
+        eps_a = torch.randn(a0.shape, generator=generator).to(dev)
+        zt = self.scheduler.add_noise(z0, eps_i, t)
+        at = self.scheduler.add_noise(a0, eps_a, t)
+        rt = self.scheduler.add_noise(r0, eps_i, t)        # the SAME eps as the image stream
+        text, tokens = self.prompt.encode(categories, defects)
+        tokens = tokens.to(z0.device)
+        pi, pa = self(zt, at, t, text, rt, control, has_control, tokens)
+        return F.mse_loss(pi, eps_i) + F.mse_loss(pa, eps_a)
+
+    @torch.no_grad()
+    def sample(self, ref, categories, defects, control=None, has_control=None, steps=None,
+               generator=None, use_reference=True):
+        """DDIM: returns images in [-1, 1] [B, 3, H, W] and annotation maps in [-1, 1] [B, H, W]."""
+        r0 = self.to_latent(ref)
+        sched = DDIMScheduler.from_config(self.scheduler.config)
+        sched.set_timesteps(steps or self.cfg.ddim_steps)
+        zi = torch.randn(r0.shape, generator=generator).to(r0.device)
+        za = torch.randn(r0.shape, generator=generator).to(r0.device)
+        eps_ref = zi.clone()
+        text, tokens = self.prompt.encode(categories, defects)
+        tokens = tokens.to(r0.device)
+        for t in sched.timesteps:
+            tt = t.expand(r0.shape[0]).to(r0.device)
+            rt = self.scheduler.add_noise(r0, eps_ref, tt) if use_reference else None
+            pi, pa = self(zi, za, tt, text, rt, control, has_control, tokens)
+            zi = sched.step(pi, t, zi).prev_sample
+            za = sched.step(pa, t, za).prev_sample
+        img = self.from_latent(zi).clamp(-1, 1)
+        ann = self.from_latent(za).mean(1)
+        return img, ann
+
+    def place(self, device) -> "DHDiffModel":
+        """``to(device)`` including the frozen parts kept out of the state_dict (VAE, CLIP)."""
+        self.to(device)
+        if self.vae is not None:
+            self.vae.to(device)
+        if isinstance(self.prompt, ClipPromptEncoder):
+            self.prompt.model.to(device)
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,122 @@
+"""Pure numpy helpers: raw masks, defect crops (patch mode), control maps, compositing.
+
+Patch mode (dh-diff.md, tiny scale): the model sees a crop around each defect, resized to
+``patch_size``; a generated (patch, mask) is resized back and pasted into a normal image,
+changing pixels only inside a dilated copy of the generated mask.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def raw_mask(mask: np.ndarray, k: int = 5) -> np.ndarray:
+    """K x K grid over the image; every cell touching ``mask`` is set (paper III-B)."""
+    h, w = mask.shape
+    ys = np.linspace(0, h, k + 1).round().astype(int)
+    xs = np.linspace(0, w, k + 1).round().astype(int)
+    out = np.zeros((h, w), bool)
+    for i in range(k):
+        for j in range(k):
+            if mask[ys[i]:ys[i + 1], xs[j]:xs[j + 1]].any():
+                out[ys[i]:ys[i + 1], xs[j]:xs[j + 1]] = True
+    return out
+
+
+def defect_box(mask: np.ndarray, patch: int, context: float, rng: np.random.Generator | None = None,
+               jitter: float = 0.0) -> tuple[int, int, int]:
+    """Square crop (y0, x0, side) around the defect: side = context * bbox side, >= patch,
+    <= image side; shifted by up to ``jitter`` * side when an rng is given."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        cy, cx, ext = h / 2, w / 2, 0
+    else:
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        ext = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    side = int(min(max(patch, round(context * ext)), h, w))
+    if rng is not None and jitter > 0:
+        cy += rng.uniform(-jitter, jitter) * side
+        cx += rng.uniform(-jitter, jitter) * side
+    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    return y0, x0, side
+
+
+def crop(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop and resize: image uint8 -> uint8 size x size x 3, mask -> bool size x size."""
+    y0, x0, s = box
+    im = image[y0:y0 + s, x0:x0 + s]
+    mk = mask[y0:y0 + s, x0:x0 + s].astype(np.float32)
+    interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
+    im = cv2.resize(im, (size, size), interpolation=interp)
+    mk = cv2.resize(mk, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_NEAREST)
+    return im, mk > 0.25
+
+
+def control_map(mask: np.ndarray, kind: str, rng: np.random.Generator, k: int = 5) -> np.ndarray:
+    """A user-style control from a real mask: 'mask' (detailed), 'raw' (grid cells), 'points'."""
+    if kind == "mask":
+        return mask.astype(np.float32)
+    if kind == "raw":
+        return raw_mask(mask, k).astype(np.float32)
+    if kind == "points":
+        out = np.zeros(mask.shape, np.float32)
+        ys, xs = np.nonzero(mask)
+        if len(ys):
+            r = max(1, mask.shape[0] // 16)
+            for i in rng.choice(len(ys), size=min(3, len(ys)), replace=False):
+                cv2.circle(out, (int(xs[i]), int(ys[i])), r, 1.0, -1)
+        return out
+    raise ValueError(f"dhdiff: control kind must be 'points', 'mask' or 'raw', got {kind!r}")
+
+
+def estimate_foreground(image: np.ndarray) -> np.ndarray:
+    """Object foreground without a model: pixels far (Otsu) from the border's median colour."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
+    dist = np.linalg.norm(image.astype(np.float32) - np.median(border, 0), axis=-1)
+    d8 = cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    _, fg = cv2.threshold(d8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)).astype(bool)
+    return fg if fg.mean() > 0.02 else np.ones(image.shape[:2], bool)
+
+
+def composite(normal: np.ndarray, patch: np.ndarray, pmask: np.ndarray, side: int,
+              rng: np.random.Generator, foreground: np.ndarray | None = None,
+              dilate: int = 3, tries: int = 10) -> tuple[np.ndarray, np.ndarray] | None:
+    """Paste a generated (patch, mask) of model size, resized to ``side``, into ``normal``.
+
+    The crop centre lands on a random foreground pixel (anywhere for textures); for objects the
+    mask is cut to the foreground. Pixels outside the dilated mask stay the normal's own.
+    Returns None when no placement keeps a non-empty mask.
+    """
+    h, w = normal.shape[:2]
+    side = min(side, h, w)
+    big = cv2.resize(patch, (side, side), interpolation=cv2.INTER_LINEAR)
+    bmask = cv2.resize(pmask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST).astype(bool)
+    fy, fx = np.nonzero(foreground) if foreground is not None else (None, None)
+    for _ in range(tries):
+        if fy is not None and len(fy):
+            i = rng.integers(len(fy))
+            cy, cx = fy[i], fx[i]
+        else:
+            cy, cx = rng.integers(h), rng.integers(w)
+        y0 = int(np.clip(cy - side // 2, 0, h - side))
+        x0 = int(np.clip(cx - side // 2, 0, w - side))
+        mask = np.zeros((h, w), bool)
+        mask[y0:y0 + side, x0:x0 + side] = bmask
+        if foreground is not None:
+            mask &= foreground
+        if mask.any():
+            break
+    else:
+        return None
+    src = normal.copy()
+    src[y0:y0 + side, x0:x0 + side] = big
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
+    region = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+    alpha = cv2.GaussianBlur(region.astype(np.float32), (2 * dilate + 1, 2 * dilate + 1), 0)
+    alpha = np.where(mask, 1.0, alpha) * region
+    out = normal.astype(np.float32) * (1 - alpha[..., None]) + src.astype(np.float32) * alpha[..., None]
+    out = np.where(region[..., None], out.round(), normal).astype(np.uint8)
+    return out, mask
