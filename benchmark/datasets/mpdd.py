@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import register_dataset
 from .base import DataError, DatasetAdapter
-from .mvtec_ad import IMG_SUFFIXES, check_masks
+from .mvtec_ad import IMG_SUFFIXES, anomalib_to_table, check_masks
 
 MPDD_CATEGORIES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate",
                    "tubes")
@@ -23,26 +23,6 @@ def require_category_dir(adapter: DatasetAdapter, category: str) -> Path:
     if not cat_root.is_dir():
         raise DataError(f"{adapter.name}: category folder {str(cat_root)!r} does not exist")
     return cat_root
-
-
-def anomalib_to_table(raw: pd.DataFrame, category: str) -> pd.DataFrame:
-    """anomalib's (split, label, image_path, mask_path, label_index) frame -> our COLUMNS."""
-    rows = []
-    for r in raw.itertuples(index=False):
-        p = Path(r.image_path)
-        label = int(r.label_index)
-        mask = r.mask_path if isinstance(r.mask_path, str) and r.mask_path else None
-        rows.append({
-            "category": category,
-            "split": r.split,
-            "label": label,
-            "defect_type": r.label,
-            "defect_group": "",
-            "image_path": str(p),
-            "mask_paths": (mask,) if (label == 1 and mask) else (),
-            "image_id": f"{r.split}/{r.label}/{p.stem}",
-        })
-    return pd.DataFrame(rows)
 
 
 @register_dataset("mpdd")

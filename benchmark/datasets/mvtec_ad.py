@@ -45,6 +45,11 @@ def mvtec_layout_samples(cat_root: Path, category: str) -> pd.DataFrame:
         raw = make_mvtec_ad_dataset(cat_root, split=None, extensions=IMG_SUFFIXES)
     except Exception as e:  # anomalib's MisMatchError / RuntimeError: re-raise with the folder
         raise DataError(f"{str(cat_root)!r}: {e}") from e
+    return anomalib_to_table(raw, category)
+
+
+def anomalib_to_table(raw: pd.DataFrame, category: str) -> pd.DataFrame:
+    """anomalib's (split, label, image_path, mask_path, label_index) frame -> our COLUMNS."""
     rows = []
     for r in raw.itertuples(index=False):
         p = Path(r.image_path)
