@@ -171,6 +171,12 @@ def _pixel_value(path: str) -> int:
     return int(m.max())
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
              progress: Progress | None = None) -> dict:
     """Run one cell and return its record; failures are recorded, never raised."""
@@ -185,6 +191,11 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         return now
 
     try:
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        record["threads"] = _torch_threads()
         t = time.perf_counter()
         adapter = create_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_cfg)
         samples = adapter.samples(cfg.category)

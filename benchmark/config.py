@@ -47,6 +47,8 @@ class CellConfig:
     detector_cfg: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
     device: str = "cpu"            # recorded, not hashed: a GPU rerun does not redo CPU cells
+    threads: int = 0               # torch CPU threads (0: torch's default); recorded, not hashed.
+                                   # Bit-identical records need the same device and thread count.
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,6 +62,7 @@ class CellConfig:
     def hash(self) -> str:
         d = self.to_dict()
         d.pop("device")
+        d.pop("threads")
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -88,6 +91,7 @@ class RunConfig:
     detector_cfg: dict = field(default_factory=dict)    # detector name -> kwargs
     quality: dict = field(default_factory=dict)         # local weight paths for IS / IC-LPIPS
     device: str = "cpu"
+    threads: int = 0                                    # torch CPU threads per cell (0: default)
     executor: str = "local"
     ray: dict = field(default_factory=lambda: {"address": None, "num_cpus": 1, "num_gpus": 0})
     results_dir: str = "results/runs"
@@ -115,7 +119,7 @@ class RunConfig:
             pairs_per_defect=self.pairs_per_defect,
             generator_cfg=dict(self.generator_cfg.get(generator, {})),
             detector_cfg=dict(self.detector_cfg.get(detector, {})),
-            quality=dict(self.quality), device=self.device,
+            quality=dict(self.quality), device=self.device, threads=self.threads,
         )
 
     @property

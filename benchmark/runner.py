@@ -93,7 +93,7 @@ def run_ray(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[d
                  **init_kw)
     remote = ray.remote(num_cpus=opts.get("num_cpus", 1), num_gpus=opts.get("num_gpus", 0),
                         max_retries=0)(_ray_cell)
-    threads = max(1, int(opts.get("num_cpus", 1)))
+    threads = cfg.threads or max(1, int(opts.get("num_cpus", 1)))
     refs = {remote.remote(c.to_dict(), str(Path(cfg.cache_dir).resolve()), str(Path.cwd()), threads): c
             for c in cells}
     out = []
