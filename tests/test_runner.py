@@ -143,3 +143,26 @@ def test_mask_generators_refused_on_image_level_data(tmp_path):
     rec = run_cell(plan(cfg).cells[0], cfg.cache_dir)
     assert rec["status"] == "failed" and "image-level" in rec["error"] and "crop_paste" in rec["error"]
     assert "fit" not in rec["timings"]
+
+
+def test_interrupted_run_keeps_finished_cells(tmp_path, data_root, monkeypatch):
+    import benchmark.runner as R
+
+    cfg = _cfg(tmp_path, data_root)
+    calls = []
+    real = R.run_cell
+
+    def flaky(c, *a, **k):
+        calls.append(c.category)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user presses Ctrl-C during the second cell
+        return real(c, *a, **k)
+
+    monkeypatch.setattr(R, "run_cell", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg)
+    assert len(store.load_records(cfg.run_dir)) == 1  # the finished cell is on disk, whole
+    assert not list(store.cells_dir(cfg.run_dir).glob(".tmp-*"))
+    monkeypatch.setattr(R, "run_cell", real)
+    p, recs = execute(cfg)
+    assert len(p.todo) == 1 and [r["config"]["category"] for r in recs] == [calls[1]]
