@@ -88,6 +88,10 @@ def test_cli_writes_tables_and_reports(tmp_path, data_root, capsys):
     assert "bottle" in out and "carpet" in out and "average" in out and "no augmentation" in out
     tdir = tmp_path / "runs" / "cli" / "tables"
     md = (tdir / "mvtec_ad_auroc.md").read_text()
+    # the paper's numbers for the same categories sit beside ours, labelled as published
+    assert "published: Ours (Table II)" in md and "(100.0, 99.6)" in md  # bottle, paper Table II
+    pub = (tdir / "mvtec_ad_auroc_published.csv").read_text()
+    assert "bottle" in pub and "carpet" in pub and "zipper" not in pub
     assert (tdir / "mvtec_ad_ap.csv").is_file() and (tdir / "mvtec_ad_auroc.tex").is_file()
     # `report` rebuilds identical tables from the records alone
     (tdir / "mvtec_ad_auroc.md").unlink()
