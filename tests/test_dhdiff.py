@@ -10,7 +10,8 @@ import torch
 from generators import FitData, Pair, create_generator, list_generators
 from generators.dhdiff.config import DHDiffConfig
 from generators.dhdiff.model import DHDiffModel
-from generators.dhdiff.patches import composite, raw_mask
+from generators.dhdiff.generator import lr_factor
+from generators.dhdiff.patches import clean_mask, composite, raw_mask
 from generators.dhdiff.processors import DDAProcessor, SSMProcessor
 
 # a very small tiny-scale model: 16 px patches, attention on 16x16 and 8x8 grids
@@ -124,7 +125,7 @@ def _square(y, x, s=6, size=16):
 def test_control_map_moves_the_mask():
     """Toy task: masks are random squares known only through S^O; after a short training the
     generated annotation is higher inside the control region than when the control is elsewhere."""
-    model = _model("dhdiff", lr=3e-3)
+    model = _model("dhdiff", lr=3e-3, strength=1.0)   # the paper's pure-noise sampler
     model.train()
     opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -259,3 +260,76 @@ def test_missing_paths_are_named_errors(tmp_path):
         create_generator("dhdiff", clip_path=str(tmp_path / "nope"), **SMALL).fit(_toy_data(), np.random.default_rng(0))
     with pytest.raises(ValueError, match="not_a_field"):
         create_generator("dhdiff", not_a_field=1)
+
+
+def test_clean_mask_keeps_the_blob_and_drops_specks():
+    rng = np.random.default_rng(0)
+    ann = np.full((32, 32), -1.0, np.float32)
+    ann[10:18, 12:20] = 1.0                   # the defect blob
+    ann[13:15, 15:17] = -1.0                  # a hole in it
+    ann[2, 2] = ann[28, 5] = ann[3, 29] = 1.0  # isolated specks
+    ann += rng.normal(0, 0.05, ann.shape).astype(np.float32)
+    raw = np.zeros((32, 32), bool)
+    raw[6:20, 6:26] = True
+    plain = clean_mask(ann)
+    assert plain[2, 2] and not plain[14, 15]   # without cleanup: specks and hole stay
+    m = clean_mask(ann, 0.0, sigma=0.0, min_area=4, near=raw, fill=True)
+    assert m[10:18, 12:20].all()               # blob kept, hole filled
+    assert m.sum() == 64                        # nothing else
+    line = np.full((32, 32), -1.0, np.float32)
+    line[4:28, 16] = 1.0                        # a 1-px scratch survives blur + speck removal
+    lm = clean_mask(line, 0.0, sigma=0.0, min_area=4)
+    assert lm[4:28, 16].all() and lm.sum() == 24
+    far = np.zeros((32, 32), bool)
+    far[25:30, 25:30] = True                    # nothing touches it: keep the largest component
+    assert clean_mask(ann, 0.0, min_area=2, near=far)[12, 13]
+
+
+def test_strength_below_one_starts_from_the_noised_reference():
+    """SDEdit start: with strength < 1 and a tiny noise level, the sample is the reference pair."""
+    model = _model("dhdiff", strength=0.01, ddim_steps=1)
+    _, ts = model.schedule()
+    assert int(ts[0]) <= 10 and model.t_max() <= 12
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    m = torch.zeros(2, 1, 16, 16)
+    m[:, :, 4:9, 5:12] = 1
+    img, ann = model.sample(x * m, ["toy"] * 2, ["scratch"] * 2, init_image=x, init_mask=m,
+                            generator=torch.Generator().manual_seed(1))
+    assert (img - x).abs().mean() < 0.1
+    assert torch.equal(ann > 0, m[:, 0] > 0)
+    img_p, _ = _model("dhdiff", ddim_steps=1, strength=1.0).sample(x * m, ["toy"] * 2, ["scratch"] * 2,
+                                                      generator=torch.Generator().manual_seed(1))
+    assert (img_p - x).abs().mean() > 0.3           # strength 1 (paper): pure noise start
+    with pytest.raises(ValueError, match="init_image"):
+        model.sample(x * m, ["toy"] * 2, ["scratch"] * 2)
+    with pytest.raises(ValueError, match="strength"):
+        create_generator("dhdiff", strength=1.5)
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "sample"])
+def test_prediction_types_train(kind):
+    model = _model("dhdiff", prediction_type=kind, strength=0.5).train()
+    _, ts = model.schedule()
+    assert model.scheduler.config.prediction_type == kind and model.t_max() == int(ts[0]) + 1 <= 501
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4, 3, 16, 16)
+    m = torch.zeros(4, 1, 16, 16)
+    m[:, :, 4:10, 4:10] = 1
+    x = x + m * 0.8 - 0.4
+    losses = []
+    for _ in range(15):
+        loss = model.loss(x, m, x * m, ["toy"] * 4, ["stain"] * 4, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_lr_schedule_warms_up_and_decays():
+    f = [lr_factor(i, 100, 10, "cosine") for i in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+    assert lr_factor(50, 100, 0, "constant") == 1.0

@@ -3,15 +3,24 @@
 fit() trains one model per category on the few-shot anomalies (or reuses a checkpoint in
 FitData.work_dir whose key matches); generate() samples (image, mask) pairs from the same
 denoising run. Tiny scale works in patch mode (see patches.py): the returned image is a normal
-image changed only inside the dilated generated mask. Empty generated masks are re-sampled
+image changed only inside the dilated generated mask. The annotation map becomes a mask by
+``patches.clean_mask`` (blur, threshold, drop specks, keep what touches the reference's raw mask,
+fill holes; each step a config field, all off at the paper defaults). Empty masks are re-sampled
 ``max_retries`` times; after that the annotation map is thresholded at the quantile that gives
 the reference defect's area, so every pair has a non-empty mask.
+
+Quick-config choices for the CPU budget (configs/dhdiff_quick.yaml says which are on):
+warm-up + cosine lr, v-prediction, SDEdit start (``strength`` < 1, see model.py; not in the
+paper) and ``ref_augment`` (a random flip / 90-degree turn of each reference at generation,
+for diversity when sampling starts near the reference).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+
+import math
 
 import cv2
 import numpy as np
@@ -22,7 +31,7 @@ from generators.base import FitData, Generator, Pair
 
 from .config import DHDiffConfig
 from .model import DHDiffModel
-from .patches import composite, control_map, crop, defect_box, estimate_foreground, raw_mask
+from .patches import clean_mask, composite, control_map, crop, defect_box, estimate_foreground, raw_mask
 
 
 def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -33,12 +42,22 @@ def _masks(masks: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]
 
 
+def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "constant") -> float:
+    """Multiplier of the base lr: linear warm-up over ``warmup`` steps, then constant or cosine to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+    return 1.0
+
+
 class DHDiffGenerator(Generator):
     variant = "dhdiff"
     needs_masks = True
     needs_anomalies = True
     edits_normal = True
-    version = 1
+    version = 2
 
     def __init__(self, **cfg):
         super().__init__(**cfg)
@@ -144,9 +163,11 @@ class DHDiffGenerator(Generator):
         c, model = self.config, self.model
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         opt = torch.optim.Adam(model.trainable_parameters(), lr=c.lr)
+        n = c.steps if steps is None else steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, n, c.warmup, c.lr_schedule))
         model.train()
         cat = self.data.category
-        for _ in range(c.steps if steps is None else steps):
+        for _ in range(n):
             x, m, ref, ctl, has, defects = self._train_batch(rng)
             dev = self.data.device
             loss = model.loss(x.to(dev), m.to(dev), ref.to(dev), [cat] * len(defects), defects,
@@ -154,6 +175,7 @@ class DHDiffGenerator(Generator):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             self.loss_history.append(float(loss.detach()))
         model.eval()
         return self.loss_history
@@ -209,38 +231,52 @@ class DHDiffGenerator(Generator):
                        generator: torch.Generator | None = None):
         """Generate at model resolution for the given references: images uint8, masks bool, sides."""
         c, dev = self.config, self.data.device
-        ims, raws, ctl, has, areas, sides = [], [], [], [], [], []
+        ims, mks, raws, ctl, has, areas, sides = [], [], [], [], [], [], []
         for a in refs:
             im, mk, rm, side = self._example(a, None, 0.0)
+            if c.ref_augment:
+                k, flip = int(rng.integers(4)), bool(rng.integers(2))
+                im, mk, rm = (np.ascontiguousarray(np.rot90(v[:, ::-1] if flip else v, k)) for v in (im, mk, rm))
             cm = self._control(control, mk, rng)
             ims.append(im)
+            mks.append(mk)
             raws.append(rm)
             ctl.append(cm if cm is not None else np.zeros(mk.shape, np.float32))
             has.append(cm is not None)
             areas.append(max(1, int(mk.sum())))
             sides.append(side)
-        ref = _to_tensor(ims) * _masks(raws)
+        x = _to_tensor(ims)
+        ref = x * _masks(raws)
         ctl_t, has_t = _masks(ctl).to(dev), torch.tensor(has, device=dev)
         kw = dict(control=ctl_t, has_control=has_t) if any(has) else {}
+        if c.strength < 1:
+            kw.update(init_image=x.to(dev), init_mask=_masks(mks).to(dev))
         cats = [self.data.category] * len(refs)
         gen = generator or torch.Generator().manual_seed(int(rng.integers(2**31)))
         img, ann = self.model.sample(ref.to(dev), cats, [defect] * len(refs), generator=gen, **kw)
         img, ann = img.cpu(), ann.cpu()
+
+        def _mask(i: int) -> np.ndarray:
+            return clean_mask(ann[i].numpy(), c.mask_threshold, c.mask_sigma, c.min_blob,
+                              raws[i] if c.keep_near_ref else None, c.fill_holes)
+
+        masks = [_mask(i) for i in range(len(refs))]
         for _ in range(c.max_retries):
-            empty = [i for i in range(len(refs)) if not (ann[i] > c.mask_threshold).any()]
+            empty = [i for i in range(len(refs)) if not masks[i].any()]
             if not empty:
                 break
             sub = {k: v[empty] for k, v in kw.items()}
             i2, a2 = self.model.sample(ref[empty].to(dev), [cats[0]] * len(empty), [defect] * len(empty),
                                        generator=gen, **sub)
             img[empty], ann[empty] = i2.cpu(), a2.cpu()
-        masks = []
+            for i in empty:
+                masks[i] = _mask(i)
         for i in range(len(refs)):
-            m = (ann[i] > c.mask_threshold).numpy()
+            m = masks[i]
             if not m.any():  # fallback: the reference defect's area of the highest annotation values
                 flat = ann[i].flatten()
                 m = (ann[i] >= flat.topk(min(areas[i], flat.numel())).values[-1]).numpy()
-            masks.append(m)
+            masks[i] = m
         images = ((img.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
         return list(images), masks, sides
 
@@ -273,7 +309,7 @@ class DHDiffGenerator(Generator):
                         break
                 if res is None:  # the foreground never met the mask: paste without the cut
                     res = composite(self.data.normals[j], im, mk, side, rng, None, self.config.dilate)
-                out.append(Pair(res[0], res[1], defect_type))
+                out.append(Pair(res[0], res[1], defect_type, source=j))
         return out
 
 

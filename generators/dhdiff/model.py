@@ -10,6 +10,16 @@ Choices where the paper is silent (also in dh-diff.md):
   eps" of training, where that eps is known) at every step's timestep.
 * The mask enters the pixel U-Net repeated over the image channels (the streams must share the
   conv weights); its prediction is the channel mean. At sd scale it goes through the VAE.
+* ``prediction_type`` (tiny scale): the paper regresses noise (eq. 8, "epsilon", the default).
+  With only a handful of DDIM steps, "v_prediction" gives cleaner x0 estimates at high noise;
+  the loss is then the MSE to the velocity, still summed over both streams. At sd scale the
+  checkpoint's scheduler decides.
+* ``strength`` < 1 (a CPU-budget choice, NOT in the paper, which always starts from pure noise):
+  SDEdit-style sampling. Both streams start from the reference pair (its full crop and its real
+  mask) noised to the first timestep of the last ``ddim_steps`` steps of a DDIM schedule of
+  ``round(ddim_steps / strength)`` steps (diffusers' img2img convention; t is then a little under
+  strength * T, e.g. 555 for 6 steps at 0.7), and only those steps run. Training then draws t only
+  from [0, that first timestep], the range sampling visits. strength = 1 is exactly the paper's sampler.
 """
 from __future__ import annotations
 
@@ -85,12 +95,14 @@ class DHDiffModel(nn.Module):
             sched_dir = path / "scheduler"
             self.scheduler = (DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
                               if sched_dir.is_dir() else
-                              DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule))
+                              DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                            prediction_type=cfg.prediction_type))
             self.channels = self.unet.config.in_channels
         else:
             self.channels = 3
             self.unet = _tiny_unet(cfg, self.channels)
-            self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+            self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                           prediction_type=cfg.prediction_type)
         text_dim = self.unet.config.cross_attention_dim
         if cfg.clip_path:
             enc = ClipPromptEncoder(cfg.clip_path)
@@ -136,7 +148,7 @@ class DHDiffModel(nn.Module):
         """Eq. 8: noise MSE summed over both streams. x, ref in [-1, 1]; m, control in [0, 1]."""
         z0, a0, r0 = self.to_latent(x), self.mask_to_input(m), self.to_latent(ref)
         b, dev = z0.shape[0], z0.device   # randomness drawn on the CPU: same seed, same run anywhere
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=generator).to(dev)
+        t = torch.randint(0, self.t_max(), (b,), generator=generator).to(dev)
         eps_i = torch.randn(z0.shape, generator=generator).to(dev)
         eps_a = torch.randn(a0.shape, generator=generator).to(dev)
         zt = self.scheduler.add_noise(z0, eps_i, t)
@@ -145,21 +157,51 @@ class DHDiffModel(nn.Module):
         text, tokens = self.prompt.encode(categories, defects)
         tokens = tokens.to(z0.device)
         pi, pa = self(zt, at, t, text, rt, control, has_control, tokens)
-        return F.mse_loss(pi, eps_i) + F.mse_loss(pa, eps_a)
+        kind = self.scheduler.config.prediction_type
+        if kind == "v_prediction":
+            ti, ta = self.scheduler.get_velocity(z0, eps_i, t), self.scheduler.get_velocity(a0, eps_a, t)
+        elif kind == "sample":
+            ti, ta = z0, a0
+        else:
+            ti, ta = eps_i, eps_a
+        return F.mse_loss(pi, ti) + F.mse_loss(pa, ta)
+
+    def t_max(self) -> int:
+        """Training draws t from [0, t_max): all of [0, T) at strength 1, else up to the first
+        timestep sampling visits (a few percent under strength * T, see ``schedule``)."""
+        T = self.scheduler.config.num_train_timesteps
+        return T if self.cfg.strength >= 1 else min(T, int(self.schedule()[1][0]) + 1)
+
+    def schedule(self, steps: int | None = None) -> tuple[DDIMScheduler, torch.Tensor]:
+        """DDIM scheduler and the timesteps one sampling run visits (``steps`` U-Net calls)."""
+        steps = steps or self.cfg.ddim_steps
+        sched = DDIMScheduler.from_config(self.scheduler.config)
+        total = steps if self.cfg.strength >= 1 else max(steps, int(round(steps / self.cfg.strength)))
+        sched.set_timesteps(total)
+        return sched, sched.timesteps[total - steps:]
 
     @torch.no_grad()
     def sample(self, ref, categories, defects, control=None, has_control=None, steps=None,
-               generator=None, use_reference=True):
-        """DDIM: returns images in [-1, 1] [B, 3, H, W] and annotation maps in [-1, 1] [B, H, W]."""
+               generator=None, use_reference=True, init_image=None, init_mask=None):
+        """DDIM: returns images in [-1, 1] [B, 3, H, W] and annotation maps in [-1, 1] [B, H, W].
+
+        With config ``strength`` < 1, ``init_image`` ([-1, 1]) and ``init_mask`` ([0, 1] [B, 1, H, W])
+        are the reference pair the streams start from (noised to the first timestep).
+        """
         r0 = self.to_latent(ref)
-        sched = DDIMScheduler.from_config(self.scheduler.config)
-        sched.set_timesteps(steps or self.cfg.ddim_steps)
+        sched, timesteps = self.schedule(steps)
         zi = torch.randn(r0.shape, generator=generator).to(r0.device)
         za = torch.randn(r0.shape, generator=generator).to(r0.device)
         eps_ref = zi.clone()
+        if self.cfg.strength < 1:
+            if init_image is None or init_mask is None:
+                raise ValueError("dhdiff: strength < 1 needs init_image and init_mask (the reference pair)")
+            t0 = timesteps[:1].expand(r0.shape[0]).to(r0.device)
+            zi = self.scheduler.add_noise(self.to_latent(init_image), eps_ref, t0)
+            za = self.scheduler.add_noise(self.mask_to_input(init_mask), za, t0)
         text, tokens = self.prompt.encode(categories, defects)
         tokens = tokens.to(r0.device)
-        for t in sched.timesteps:
+        for t in timesteps:
             tt = t.expand(r0.shape[0]).to(r0.device)
             rt = self.scheduler.add_noise(r0, eps_ref, tt) if use_reference else None
             pi, pa = self(zi, za, tt, text, rt, control, has_control, tokens)

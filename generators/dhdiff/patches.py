@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 
 def raw_mask(mask: np.ndarray, k: int = 5) -> np.ndarray:
@@ -69,6 +70,30 @@ def control_map(mask: np.ndarray, kind: str, rng: np.random.Generator, k: int = 
                 cv2.circle(out, (int(xs[i]), int(ys[i])), r, 1.0, -1)
         return out
     raise ValueError(f"dhdiff: control kind must be 'points', 'mask' or 'raw', got {kind!r}")
+
+
+def clean_mask(ann: np.ndarray, threshold: float = 0.0, sigma: float = 0.0, min_area: int = 0,
+               near: np.ndarray | None = None, fill: bool = False) -> np.ndarray:
+    """Threshold a generated annotation map into a defect-shaped mask.
+
+    A few-step sampler leaves pixel noise in the annotation stream; thresholding it as is gives
+    speckle. Blur (``sigma`` px) first, then drop 8-connected components under ``min_area`` px,
+    keep only those touching ``near`` (e.g. the reference's dilated raw mask; the largest one
+    if none does), and fill holes. Thin lines survive: no morphological opening is used.
+    """
+    a = np.asarray(ann, np.float32)
+    if sigma > 0:
+        a = cv2.GaussianBlur(a, (0, 0), sigma)
+    m = a > threshold
+    if not m.any() or (min_area <= 0 and near is None and not fill):
+        return m
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    ids = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    if near is not None and ids:
+        touching = [i for i in ids if near[lab == i].any()]
+        ids = touching or [max(ids, key=lambda i: stats[i, cv2.CC_STAT_AREA])]
+    m = np.isin(lab, ids) if ids else np.zeros_like(m)
+    return ndimage.binary_fill_holes(m) if fill else m
 
 
 def estimate_foreground(image: np.ndarray) -> np.ndarray:
