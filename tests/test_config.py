@@ -1,7 +1,7 @@
 """Config loading: presets, YAML, CLI overrides, --set; errors name the field."""
 import pytest
 
-from benchmark.config import CellConfig, ConfigError, build_config
+from benchmark.config import CONFIG_DIR, CellConfig, ConfigError, build_config, load_yaml
 
 
 def test_quick_preset_and_overrides(tmp_path):
@@ -11,7 +11,8 @@ def test_quick_preset_and_overrides(tmp_path):
     assert cfg.generators == ["cutpaste", "draem"]
     assert cfg.seeds == [0, 1] and cfg.categories == ["a", "b"]
     assert cfg.detector_cfg["unet"]["steps"] == 7 and cfg.detector_cfg["unet"]["lr"] == 0.5
-    assert cfg.detector_cfg["unet"]["base_width"] == 16  # preset value kept under the merge
+    preset = load_yaml(CONFIG_DIR / "quick.yaml")["detector_cfg"]["unet"]
+    assert cfg.detector_cfg["unet"]["base_width"] == preset["base_width"]  # preset value kept under the merge
 
 
 @pytest.mark.parametrize("text,field", [("colour: red\n", "colour"), ("seeds: [a]\n", "seeds"),

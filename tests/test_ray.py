@@ -28,7 +28,8 @@ def test_ray_matches_local_and_records_failures(tmp_path, local_ray):
     for ex in ("local", "ray"):
         # same torch thread count in both, so the float reductions (and records) are identical
         cfg = build_config("quick", None, {"datasets": "mvtec_ad", "data_root": str(root), "run": ex,
-                                           "results_dir": str(tmp_path / "runs"), "executor": ex},
+                                           "results_dir": str(tmp_path / "runs"), "executor": ex,
+                                           "generators": "cutpaste"},
                            TINY + [f"ray.num_cpus={torch.get_num_threads()}"])
         cfg.cache_dir = str(tmp_path / f"cache-{ex}")
         _, recs = execute(cfg)
