@@ -193,7 +193,8 @@ def _to_tensor(images: Sequence[np.ndarray], size: int | None):
     if np.issubdtype(arr.dtype, np.integer):
         x = x / 255.0
     if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        # bilinear resizing can overshoot by an ulp; the networks expect exactly [0, 1]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
     return x
 
 
