@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from detectors import create_detector, list_detectors
-from generators import list_generators
+from generators import get_generator_class, list_generators
 
 from . import store
 from .cell import NO_GENERATOR, run_cell
@@ -22,6 +22,7 @@ from .registry import UnknownNameError
 class Plan:
     cells: list[CellConfig]
     todo: list[CellConfig]
+    skipped: list[str] = field(default_factory=list)  # why some grid points have no cell
 
 
 def _check_names(cfg: RunConfig) -> None:
@@ -38,6 +39,7 @@ def _check_names(cfg: RunConfig) -> None:
 def plan(cfg: RunConfig) -> Plan:
     _check_names(cfg)
     cells: list[CellConfig] = []
+    skipped: list[str] = []
     seen: set[str] = set()
     for dataset in cfg.datasets:
         adapter = create_dataset(dataset, cfg.root_of(dataset), **cfg.dataset_cfg.get(dataset, {}))
@@ -50,6 +52,11 @@ def plan(cfg: RunConfig) -> Plan:
         for det in cfg.detectors:
             uses_pairs = create_detector(det, **cfg.detector_cfg.get(det, {})).uses_pairs
             gens = cfg.generators if uses_pairs else [NO_GENERATOR]
+            if not adapter.has_masks:  # image-level data: mask-needing generators are refused
+                refused = [g for g in gens if g != NO_GENERATOR and getattr(get_generator_class(g), "needs_masks", False)]
+                skipped.extend(f"{g} skipped on {dataset}: it needs pixel masks of real anomalies and "
+                               f"{dataset} has image-level labels only" for g in refused)
+                gens = [g for g in gens if g not in refused]
             for cat in cats:
                 for gen in gens:
                     for seed in cfg.seeds:
@@ -58,7 +65,7 @@ def plan(cfg: RunConfig) -> Plan:
                             seen.add(c.hash())
                             cells.append(c)
     todo = [c for c in cells if not store.is_done(cfg.run_dir, c.hash())]
-    return Plan(cells, todo)
+    return Plan(cells, todo, list(dict.fromkeys(skipped)))
 
 
 def _progress(console: Console) -> Progress:
@@ -141,6 +148,8 @@ def _report_failure(console: Console, rec: dict) -> None:
 def execute(cfg: RunConfig, console: Console | None = None) -> tuple[Plan, list[dict]]:
     console = console or Console(stderr=True)
     p = plan(cfg)
+    for msg in p.skipped:
+        console.print(f"[yellow]{msg}[/yellow]")
     console.print(f"run [bold]{cfg.run}[/bold]: {len(p.cells)} cells, {len(p.cells) - len(p.todo)} already "
                   f"recorded, {len(p.todo)} to run ({cfg.executor} executor)")
     if not p.todo:

@@ -141,10 +141,17 @@ def test_samples_command_writes_a_grid(tmp_path, data_root, capsys):
 
 
 def test_mask_generators_refused_on_image_level_data(tmp_path):
+    # in a grid: skipped with a message naming the generator, the other generators still run
+    cfg0 = build_config("elpv", None, {"generators": "cutpaste,crop_paste", "results_dir": str(tmp_path / "r")},
+                        TINY)
+    p = plan(cfg0)
+    assert {c.generator for c in p.cells} == {"cutpaste"}
+    assert len(p.skipped) == 1 and "crop_paste" in p.skipped[0] and "image-level" in p.skipped[0]
+    # run directly: the cell is refused with the same reason
     cfg = build_config("elpv", None, {"generators": "crop_paste", "results_dir": str(tmp_path / "r"),
                                       "categories": "mono"}, TINY)
     cfg.cache_dir = str(tmp_path / "cache")
-    rec = run_cell(plan(cfg).cells[0], cfg.cache_dir)
+    rec = run_cell(cfg.cell("elpv", "mono", "crop_paste", "unet", 0), cfg.cache_dir)
     assert rec["status"] == "failed" and "image-level" in rec["error"] and "crop_paste" in rec["error"]
     assert "fit" not in rec["timings"]
 
