@@ -128,14 +128,15 @@ def resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
 
 
 def evaluate(cfg: CellConfig, adapter: DatasetAdapter, ev: pd.DataFrame, scores: np.ndarray,
-             maps: np.ndarray) -> dict:
-    """Image metrics always; pixel metrics where the data set has masks (else None: not applicable)."""
+             maps: np.ndarray, masks: np.ndarray | None) -> dict:
+    """Image metrics always; pixel metrics where the data set has masks (else None: not applicable).
+
+    ``masks`` are the evaluation masks at ``eval_size`` (None for image-level data sets)."""
     from . import metrics as M
 
     labels = ev["label"].to_numpy()
     out: dict = {k: float(v) for k, v in M.image_metrics(labels, scores).items()}
-    if adapter.has_masks:
-        masks = load_masks(ev, cfg.eval_size)
+    if masks is not None:
         pix = M.pixel_metrics(masks, resize_maps(maps, cfg.eval_size))
         out.update({k: float(v) for k, v in pix.items()})
     else:
@@ -203,8 +204,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         normals = load_images(split.train_normals, cfg.image_size)
         ev = split.evaluation
         ev_images = load_images(ev, cfg.image_size)  # read everything before training: bad files fail early
-        if adapter.has_masks:
-            load_masks(ev, cfg.eval_size)
+        ev_masks = load_masks(ev, cfg.eval_size) if adapter.has_masks else None
         t = lap("load", t)
         detector = create_detector(cfg.detector, **cfg.detector_cfg)
         pairs: list[Pair] = []
@@ -232,7 +232,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         t = lap("fit", t)
         scores, maps = detector.predict(ev_images)
         t = lap("predict", t)
-        record["metrics"] = evaluate(cfg, adapter, ev, np.asarray(scores, np.float64), maps)
+        record["metrics"] = evaluate(cfg, adapter, ev, np.asarray(scores, np.float64), maps, ev_masks)
         lap("metrics", t)
         record["split"] = {"train_normals": len(split.train_normals), "few_shot": len(split.few_shot),
                            "eval_normals": int((ev["label"] == 0).sum()),

@@ -97,7 +97,7 @@ def build_report(run_dir: str | Path, console: Console | None = None, figures: b
             if pub.empty:
                 continue
             name = f"{dataset}_{kind}"
-            head = f"Published in the DH-Diff paper (not computed here) for the same categories"
+            head = "Published in the DH-Diff paper (not computed here) for the same categories"
             md = f"\n#### {head}\n\n" + pub.to_markdown() + "\n"
             pub.to_csv(out / f"{name}_published.csv")
             with open(out / f"{name}.md", "a") as f:

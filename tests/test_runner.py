@@ -1,7 +1,5 @@
 """End to end on a fixture tree in the MVTec AD layout: grid -> records -> tables; resumable."""
-import json
 
-import numpy as np
 import pytest
 
 from benchmark import store

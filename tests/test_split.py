@@ -1,5 +1,4 @@
 """The few-shot split: seeded, disjoint by construction, and no generator image is ever evaluated."""
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -56,15 +56,25 @@ class DatasetAdapter:
 
     def samples(self, category: str) -> pd.DataFrame:
         """The validated sample table of one category."""
-        if category not in self.categories():
+        found = self.categories()
+        if category not in found:
+            where = f" (no folder {str(self.root / category)!r})" if self.root is not None else ""
             raise DataError(
-                f"data set {self.name!r} has no category {category!r}; found: {', '.join(self.categories())}")
+                f"data set {self.name!r} has no category {category!r}{where}; found: {', '.join(found)}")
         df = self._samples(category)
         return validate_samples(df, self.name, category, self.has_masks)
 
     def defect_config(self, category: str) -> list[dict] | None:
         """Per-defect metadata (LOCO's defects_config.json); None elsewhere."""
         return None
+
+
+def require_category_dir(adapter: DatasetAdapter, category: str) -> Path:
+    """The category folder, or a DataError naming the folder that should hold it."""
+    cat_root = adapter.root / category
+    if not cat_root.is_dir():
+        raise DataError(f"{adapter.name}: category folder {str(cat_root)!r} does not exist")
+    return cat_root
 
 
 def validate_samples(df: pd.DataFrame, dataset: str, category: str, has_masks: bool) -> pd.DataFrame:

@@ -5,24 +5,15 @@ ground_truth/<defect>/<id>_mask.png}``; every category is a metal part, so all a
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
 from . import register_dataset
-from .base import DataError, DatasetAdapter
+from .base import DataError, DatasetAdapter, require_category_dir
 from .mvtec_ad import IMG_SUFFIXES, anomalib_to_table, check_masks
 
 MPDD_CATEGORIES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate",
                    "tubes")
-
-
-def require_category_dir(adapter: DatasetAdapter, category: str) -> Path:
-    """The category folder, or a DataError naming the folder that should hold it."""
-    cat_root = adapter.root / category
-    if not cat_root.is_dir():
-        raise DataError(f"{adapter.name}: category folder {str(cat_root)!r} does not exist")
-    return cat_root
 
 
 @register_dataset("mpdd")
@@ -36,10 +27,6 @@ class MPDD(DatasetAdapter):
             raise DataError(f"{self.name}: no category folders with a train/ subfolder under "
                             f"{str(self.root)!r} (expected e.g. {', '.join(MPDD_CATEGORIES[:3])})")
         return found
-
-    def samples(self, category: str) -> pd.DataFrame:
-        require_category_dir(self, category)
-        return super().samples(category)
 
     def _samples(self, category: str) -> pd.DataFrame:
         from anomalib.data.datasets.image.mpdd import make_mpdd_dataset

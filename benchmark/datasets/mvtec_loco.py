@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import register_dataset
 from .base import DataError, DatasetAdapter
-from .mpdd import require_category_dir
+from .base import require_category_dir
 
 LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
 LOCO_GROUPS = {"logical_anomalies": "logical", "structural_anomalies": "structural"}
@@ -85,10 +85,6 @@ class MVTecLOCO(DatasetAdapter):
             raise DataError(f"{self.name}: no category folders with a train/ subfolder under "
                             f"{str(self.root)!r}")
         return found
-
-    def samples(self, category: str) -> pd.DataFrame:
-        require_category_dir(self, category)
-        return super().samples(category)
 
     def defect_config(self, category: str) -> list[dict]:
         return read_defects_config(self.root / category / "defects_config.json")

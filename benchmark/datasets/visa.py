@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import register_dataset
 from .base import DataError, DatasetAdapter
-from .mpdd import require_category_dir
+from .base import require_category_dir
 from .mvtec_ad import mvtec_layout_samples
 
 VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
@@ -120,10 +120,6 @@ class VisA(DatasetAdapter):
         if not found:
             raise DataError(f"{self.name}: no category folders under {str(self.root)!r}")
         return found
-
-    def samples(self, category: str) -> pd.DataFrame:
-        require_category_dir(self, category)
-        return super().samples(category)
 
     def _samples(self, category: str) -> pd.DataFrame:
         cat_root = require_category_dir(self, category)

@@ -1,5 +1,4 @@
 """DH-Diff (double-helix diffusion): importing the package registers dhdiff and its ablations."""
-from . import generator  # noqa: F401  (registers the generators)
 from .config import DHDiffConfig
 from .generator import DHDiff, DHDiffBaseline, DHDiffDDA, DHDiffGenerator, DHDiffSSM
 
