@@ -2,6 +2,7 @@
 import math
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -344,4 +345,89 @@ def test_spro_config_from_file_and_errors(tmp_path):
         M.spro(maps, [None], p)
     with pytest.warns(M.UndefinedMetricWarning):
         out = M.spro(maps, [None, None], p)
+    assert all(math.isnan(v) for v in out.values())
+
+
+# --------------------------------------------------------------------------- sPRO at ground-truth scale
+# LOCO's saturation thresholds are full-resolution pixel counts; maps are evaluated smaller.
+SCALE_CONFIG = [
+    {"defect_name": "abs", "pixel_value": 255, "saturation_threshold": 200, "relative_saturation": False},
+    {"defect_name": "rel", "pixel_value": 254, "saturation_threshold": 0.3, "relative_saturation": True},
+]
+
+
+def _scale_case(seed, aligned, n=6, gt=128, ev=32):
+    """Maps at ev px; two defects (one per config entry) per anomalous image at gt px: squares
+    made of whole ev-pixels when ``aligned`` (4x4 blocks), else discs at arbitrary positions."""
+    rng = np.random.default_rng(seed)
+    f = gt // ev
+    maps = np.round(rng.random((n, ev, ev)), 2)
+    yy, xx = np.mgrid[:gt, :gt]
+    channels = [None, None]
+    for i in range(2, n):
+        chans = []
+        for v in (255, 254):
+            if aligned:
+                y, x, s = rng.integers(0, ev - 8), rng.integers(0, ev - 8), rng.integers(3, 8)
+                small = np.zeros((ev, ev), bool)
+                small[y:y + s, x:x + s] = True
+                d = np.kron(small, np.ones((f, f), bool))
+                maps[i, y:y + s, x:x + s] += np.round(rng.random() * rng.random((s, s)), 2)
+            else:
+                cy, cx, r = rng.integers(20, gt - 20), rng.integers(20, gt - 20), rng.integers(6, 20)
+                d = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+                blur = cv2.resize(d.astype(np.float32), (ev, ev), interpolation=cv2.INTER_AREA)
+                maps[i] += 0.5 * rng.random() * blur
+            chans.append((d, v))
+        channels.append(chans)
+    return maps, channels
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spro_ground_truth_larger_than_maps_equals_full_resolution(seed):
+    # Defects made of whole 4x4 blocks: sPRO of the 32 px map against 128 px masks must equal,
+    # exactly, sPRO computed at 128 px (slow per-threshold loop) on the map upsampled nearest.
+    maps, gt = _scale_case(seed, aligned=True)
+    ours = M.spro(maps, gt, SCALE_CONFIG)
+    up = np.repeat(np.repeat(maps, 4, axis=1), 4, axis=2)
+    ref = _spro_reference(up, gt, SCALE_CONFIG, M.SPRO_FPR_LIMITS)
+    for f in M.SPRO_FPR_LIMITS:
+        assert ours[f] == pytest.approx(ref[f], abs=1e-9), f
+    # Passing masks already resized with their ground-truth area gives the same numbers.
+    pre = [None if c is None else [(M.match_size(d, (32, 32)), v, int(d.sum())) for d, v in c] for c in gt]
+    assert M.spro(maps, pre, SCALE_CONFIG) == pytest.approx(ours, abs=1e-12)
+
+
+def test_spro_ground_truth_larger_than_maps_tracks_full_resolution():
+    # Discs at arbitrary positions: not exact (a 32 px mask samples each disc), but the rule
+    # tracks sPRO at 128 px on the upsampled map, while applying full-resolution pixel
+    # thresholds to resized masks (the old path) understates it at every limit. Measured over
+    # these 4 seeds x 5 limits: ours - ref mean -0.021, max |.| 0.050; old - ref mean -0.112,
+    # at most -0.075.
+    diffs, olds = [], []
+    for seed in range(4):
+        maps, gt = _scale_case(seed, aligned=False, n=8)
+        ref = M.spro(np.repeat(np.repeat(maps, 4, axis=1), 4, axis=2), gt, SCALE_CONFIG)
+        ours = M.spro(maps, gt, SCALE_CONFIG)
+        old = M.spro(maps, [None if c is None else [(M.match_size(d, (32, 32)), v) for d, v in c]
+                            for c in gt], SCALE_CONFIG)
+        diffs += [ours[f] - ref[f] for f in M.SPRO_FPR_LIMITS]
+        olds += [old[f] - ref[f] for f in M.SPRO_FPR_LIMITS]
+    assert max(abs(d) for d in diffs) < 0.055
+    assert abs(np.mean(diffs)) < 0.03
+    assert max(olds) < -0.07
+
+
+def test_spro_vanishing_channel_is_left_out_with_a_warning():
+    maps, gt = _scale_case(0, aligned=True)
+    line = np.zeros((128, 128), bool)
+    line[1, 10:90] = True  # row 1: nearest-neighbour 128 -> 32 keeps rows 0, 4, 8, ...
+    with_line = [c if c is None else list(c) for c in gt]
+    with_line[2] = with_line[2] + [(line, 254)]
+    with pytest.warns(M.UndefinedMetricWarning, match=r"gt_channels\[2\]\[2\].*vanish"):
+        out = M.spro(maps, with_line, SCALE_CONFIG)
+    assert out == pytest.approx(M.spro(maps, gt, SCALE_CONFIG), abs=1e-12)
+    only = [None, None, [(line, 254)]]
+    with pytest.warns(M.UndefinedMetricWarning):
+        out = M.spro(maps[:3], only, SCALE_CONFIG)
     assert all(math.isnan(v) for v in out.values())
