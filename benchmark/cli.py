@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -10,8 +11,21 @@ from rich.console import Console
 from .config import PRESETS, ConfigError, build_config
 from .datasets import DataError
 from .registry import UnknownNameError
+from .store import RecordError
 
-SUBCOMMANDS = ("run", "report", "samples", "list")
+# subcommands that live in their own module: module.add_parser(subparsers), module.run(args, console)
+PLUGGED: dict[str, str] = {}
+SUBCOMMANDS = ("run", "report", "samples", "list", *PLUGGED)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
@@ -44,9 +58,11 @@ def parser() -> argparse.ArgumentParser:
     sam = sub.add_parser("samples", help="write a PNG grid of generated pairs")
     _grid_args(sam)
     sam.add_argument("--generator", required=True)
-    sam.add_argument("--n", type=int, default=6, help="pairs per defect type")
+    sam.add_argument("--n", type=_positive_int, default=6, help="pairs per defect type")
     sam.add_argument("--out", help="PNG path (default results/samples/<generator>_<dataset>_<category>.png)")
     sub.add_parser("list", help="list registered data sets, generators and detectors")
+    for mod in PLUGGED.values():
+        importlib.import_module(mod).add_parser(sub)
     return ap
 
 
@@ -54,15 +70,12 @@ def _overrides(a: argparse.Namespace) -> dict:
     return {"datasets": a.dataset, "data_root": a.data_root, "categories": a.categories,
             "generators": a.generators, "detectors": a.detectors, "seeds": a.seeds, "device": a.device,
             "threads": a.threads, "run": a.run_name, "results_dir": a.results_dir,
-            "executor": getattr(a, "executor", None)}
+            "executor": "ray" if getattr(a, "address", None) else getattr(a, "executor", None),
+            "ray": {"address": a.address} if getattr(a, "address", None) else None}
 
 
 def _config(a: argparse.Namespace):
-    cfg = build_config(a.preset or "quick", a.config, _overrides(a), a.set)
-    if getattr(a, "address", None):
-        cfg.ray = {**cfg.ray, "address": a.address}
-        cfg.executor = "ray"
-    return cfg
+    return build_config(a.preset or "quick", a.config, _overrides(a), a.set)
 
 
 def cmd_run(a: argparse.Namespace, console: Console) -> int:
@@ -72,6 +85,7 @@ def cmd_run(a: argparse.Namespace, console: Console) -> int:
     cfg = _config(a)
     p, recs = execute(cfg, console)
     failed = [r for r in recs if r.get("status") != "ok"]
+    _say_rejected(cfg.run_dir, console)
     shown = build_report(cfg.run_dir, console=console)
     for md in shown.values():
         print(md)
@@ -83,6 +97,18 @@ def cmd_run(a: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _say_rejected(run_dir: Path, console: Console) -> None:
+    """Bad records are moved aside by the store; say how many and why, one line each."""
+    from .store import scan
+
+    _, bad = scan(run_dir)
+    if bad:
+        console.print(f"[yellow]skipped {len(bad)} bad record(s)[/yellow] (moved aside; their cells run again "
+                      f"on the next run):")
+        for path, why in bad:
+            console.print(f"  {path}: {why}")
+
+
 def cmd_report(a: argparse.Namespace, console: Console) -> int:
     from .report import build_report
 
@@ -91,6 +117,7 @@ def cmd_report(a: argparse.Namespace, console: Console) -> int:
         run_dir = Path(a.results_dir) / a.run_dir
     if not (run_dir / "cells").is_dir():
         raise ConfigError(f"no run records under {str(run_dir)!r} (expected a cells/ folder)")
+    _say_rejected(run_dir, console)
     for md in build_report(run_dir, console=console).values():
         print(md)
     return 0
@@ -124,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     console = Console(stderr=True)
     try:
+        if a.cmd in PLUGGED:
+            return importlib.import_module(PLUGGED[a.cmd]).run(a, console)
         return {"run": cmd_run, "report": cmd_report, "samples": cmd_samples, "list": cmd_list}[a.cmd](a, console)
-    except (ConfigError, UnknownNameError, DataError) as e:
+    except (ConfigError, UnknownNameError, DataError, RecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,12 @@
-"""Configs: one dataclass per cell (hashed and stored) and one per run (a grid of cells).
+"""Configs: one dataclass per run (a grid of cells) and one per cell (hashed and stored).
+
+Every value goes through one path (`benchmark.schema.build`): the preset YAML, then a user
+YAML, then command-line flags, then `--set key=value` pairs are merged into one dict, and the
+dict is validated after each layer so an error names the layer that introduced it. Component
+configs (`generator_cfg.<name>`, `detector_cfg.<name>`, `dataset_cfg.<name>`) are validated
+against each component's own dataclass at plan time (`benchmark.runner.plan`), and what a cell
+stores and hashes is the *resolved* component config: every default filled in, preset files
+(e.g. configs/dhdiff_quick.yaml) included, so a changed default is a different cell.
 
 Defaults are the DH-Diff paper's protocol values where the paper gives one; the `quick` preset
 (configs/quick.yaml) shrinks sizes so the default benchmark runs in minutes on a 2-core CPU.
@@ -8,24 +16,43 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .schema import ConfigError, build, option, resolved
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PRESETS = ("quick", "paper", "elpv")
+# presets: run configs in configs/ (component defaults such as dhdiff_quick.yaml are not presets)
+PRESETS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("dhdiff")))
+RECORD_SCHEMA = 2   # bump when the record layout changes (docs/records.md)
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
-class ConfigError(ValueError):
-    """A bad config file, field or override; the message names it."""
+def _device_ok(dev: str) -> None:
+    if not _DEVICE.match(dev):
+        raise ConfigError(f"device: expected cpu, cuda, cuda:N or mps, got {dev!r}")
 
 
 @dataclass
 class SplitConfig:
-    fraction: float = 0.5          # DH-Diff: half of each defect type's test anomalies
-    mode: str = "random"           # "random" (seeded) or "ordered" (AnomalyDiffusion's protocol)
+    fraction: float = option(0.5, gt=0.0, lt=1.0,
+                             help="share of each defect type's test anomalies given to the generator")
+    mode: str = option("random", choices=("random", "ordered"),
+                       help="random (seeded) or ordered (AnomalyDiffusion's protocol)")
+
+
+@dataclass
+class RayConfig:
+    address: str | None = option(None, help="Ray cluster address; None starts a local instance")
+    num_cpus: float = option(1, gt=0, help="CPUs per cell task")
+    num_gpus: float = option(0, ge=0, help="GPUs per cell task")
+    local_num_cpus: int | None = option(None, ge=1, help="CPUs of a locally started Ray instance")
+    connect_timeout_s: float = option(15.0, gt=0, help="give up connecting to `address` after this")
 
 
 @dataclass
@@ -38,13 +65,13 @@ class CellConfig:
     detector: str
     seed: int = 0
     data_root: str | None = None
-    dataset_cfg: dict = field(default_factory=dict)
+    dataset_cfg: dict = field(default_factory=dict)     # resolved
     image_size: int = 256
     eval_size: int = 256
     split: SplitConfig = field(default_factory=SplitConfig)
     pairs_per_defect: int = 1000
-    generator_cfg: dict = field(default_factory=dict)
-    detector_cfg: dict = field(default_factory=dict)
+    generator_cfg: dict = field(default_factory=dict)   # resolved
+    detector_cfg: dict = field(default_factory=dict)    # resolved
     quality: dict = field(default_factory=dict)
     device: str = "cpu"            # recorded, not hashed: a GPU rerun does not redo CPU cells
     threads: int = 0               # torch CPU threads (0: torch's default); recorded, not hashed.
@@ -63,39 +90,62 @@ class CellConfig:
         d = self.to_dict()
         d.pop("device")
         d.pop("threads")
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest(d)
 
     @property
     def label(self) -> str:
         return f"{self.dataset}/{self.category} {self.generator} → {self.detector} seed {self.seed}"
 
 
+def digest(obj: Any, n: int = 16) -> str:
+    """A short sha256 of a JSON-able value with sorted keys (stable across processes)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
 @dataclass
 class RunConfig:
     """A run: the grid (datasets x categories x generators x detectors x seeds) plus shared fields."""
 
-    run: str = "quick"
-    datasets: list[str] = field(default_factory=lambda: ["synthetic"])
+    run: str = option("quick", help="run name: the folder under results_dir")
+    datasets: list[str] = option(["synthetic"])
     data_root: str | None = None
-    categories: list[str] | str = "all"
-    generators: list[str] = field(default_factory=lambda: ["cutpaste"])
-    detectors: list[str] = field(default_factory=lambda: ["unet"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    dataset_cfg: dict = field(default_factory=dict)
-    image_size: int = 256
-    eval_size: int = 256
+    categories: str | list[str] = "all"
+    generators: list[str] = option(["cutpaste"])
+    detectors: list[str] = option(["unet"])
+    seeds: list[int] = option([0], ge=0)
+    dataset_cfg: dict[str, dict] = option({}, help="data set name -> its config")
+    image_size: int = option(256, ge=16, le=4096)
+    eval_size: int = option(256, ge=16, le=4096)
     split: SplitConfig = field(default_factory=SplitConfig)
-    pairs_per_defect: int = 1000
-    generator_cfg: dict = field(default_factory=dict)   # generator name -> kwargs
-    detector_cfg: dict = field(default_factory=dict)    # detector name -> kwargs
-    quality: dict = field(default_factory=dict)         # local weight paths for IS / IC-LPIPS
+    pairs_per_defect: int = option(1000, ge=1, help="generated pairs per defect type")
+    generator_cfg: dict[str, dict] = option({}, help="generator name -> its config")
+    detector_cfg: dict[str, dict] = option({}, help="detector name -> its config")
+    quality: dict = option({}, help="local weight paths for IS / IC-LPIPS")
     device: str = "cpu"
-    threads: int = 0                                    # torch CPU threads per cell (0: default)
-    executor: str = "local"
-    ray: dict = field(default_factory=lambda: {"address": None, "num_cpus": 1, "num_gpus": 0})
+    threads: int = option(0, ge=0, help="torch CPU threads per cell (0: torch's default)")
+    executor: str = option("local", choices=("local", "ray"))
+    ray: RayConfig = field(default_factory=RayConfig)
     results_dir: str = "results/runs"
     cache_dir: str = "results/cache"
+
+    def __post_init__(self) -> None:
+        if not _RUN_NAME.match(self.run):
+            raise ConfigError(f"run: a run name is letters, digits, '_', '-' and '.', got {self.run!r}")
+        _device_ok(self.device)
+        for name in ("datasets", "generators", "detectors", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: the grid needs at least one, got an empty list")
+        if isinstance(self.categories, str) and self.categories != "all":
+            self.categories = [c.strip() for c in self.categories.split(",") if c.strip()]
+        if not self.categories:
+            raise ConfigError("categories: expected 'all' or a non-empty list")
+        for key in ("dataset_cfg", "generator_cfg", "detector_cfg"):
+            for name, sub in getattr(self, key).items():
+                if sub is None:
+                    getattr(self, key)[name] = {}
+                elif not isinstance(sub, dict):
+                    raise ConfigError(f"{key}.{name}: expected a mapping of settings, got {sub!r}")
 
     def root_of(self, dataset: str) -> str | None:
         """Data root of one data set: with several data sets, ``<data_root>/<dataset>`` when that
@@ -110,15 +160,20 @@ class RunConfig:
         list_datasets()
         return self.data_root if getattr(DATASETS.get(dataset), "needs_root", True) else None
 
-    def cell(self, dataset: str, category: str, generator: str, detector: str, seed: int) -> CellConfig:
+    def cell(self, dataset: str, category: str, generator: str, detector: str, seed: int,
+             components: dict | None = None) -> CellConfig:
+        """One cell. ``components`` maps ("generator"|"detector"|"dataset", name) to the resolved
+        config (from `benchmark.runner.resolve_components`); without it the raw dicts are used."""
+        comp = components or {}
         return CellConfig(
             dataset=dataset, category=category, generator=generator, detector=detector, seed=seed,
-            data_root=self.root_of(dataset), dataset_cfg=dict(self.dataset_cfg.get(dataset, {})),
+            data_root=self.root_of(dataset),
+            dataset_cfg=dict(comp.get(("dataset", dataset), self.dataset_cfg.get(dataset, {}))),
             image_size=self.image_size, eval_size=self.eval_size,
             split=SplitConfig(**dataclasses.asdict(self.split)),
             pairs_per_defect=self.pairs_per_defect,
-            generator_cfg=dict(self.generator_cfg.get(generator, {})),
-            detector_cfg=dict(self.detector_cfg.get(detector, {})),
+            generator_cfg=dict(comp.get(("generator", generator), self.generator_cfg.get(generator, {}))),
+            detector_cfg=dict(comp.get(("detector", detector), self.detector_cfg.get(detector, {}))),
             quality=dict(self.quality), device=self.device, threads=self.threads,
         )
 
@@ -127,67 +182,10 @@ class RunConfig:
         return Path(self.results_dir) / self.run
 
 
-_LIST_FIELDS = {"datasets", "generators", "detectors", "seeds"}
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Turn a CLI string (or YAML value) into the field's type, with an error naming the field."""
-    if name in _LIST_FIELDS or name == "categories":
-        if isinstance(value, str):
-            if name == "categories" and value == "all":
-                return "all"
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"config field {name!r}: expected a list, got {value!r}")
-        if name == "seeds":
-            try:
-                return [int(v) for v in value]
-            except (TypeError, ValueError):
-                raise ConfigError(f"config field 'seeds': expected integers, got {value!r}") from None
-        return [str(v) for v in value]
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if isinstance(default, int) and not isinstance(default, bool):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config field {name!r}: expected an integer, got {value!r}") from None
-    if isinstance(default, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config field {name!r}: expected a number, got {value!r}") from None
-    return value
-
-
-def _apply(cfg: RunConfig, data: dict, source: str) -> None:
-    names = {f.name: f for f in dataclasses.fields(RunConfig)}
-    for key, value in data.items():
-        if key == "dataset":  # singular convenience
-            key, value = "datasets", [value] if isinstance(value, str) else value
-        if key not in names:
-            raise ConfigError(f"{source}: unknown config field {key!r}; known: {', '.join(sorted(names))}")
-        if key == "split":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: field 'split' must be a mapping with fraction/mode")
-            unknown = set(value) - {"fraction", "mode"}
-            if unknown:
-                raise ConfigError(f"{source}: unknown split field(s) {sorted(unknown)}")
-            cfg.split = SplitConfig(**{**dataclasses.asdict(cfg.split), **value})
-            continue
-        if key in ("generator_cfg", "detector_cfg", "dataset_cfg", "quality", "ray"):
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: field {key!r} must be a mapping")
-            merged = dict(getattr(cfg, key))
-            for k, v in value.items():  # one level of merge: per-name dicts combine
-                merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
-            setattr(cfg, key, merged)
-            continue
-        setattr(cfg, key, _coerce(key, value, getattr(cfg, key)))
+# Fields that say where and how a run executes, not what it measures: never part of the
+# experiment's identity (see benchmark.runs).
+EXECUTION_FIELDS = ("run", "device", "threads", "executor", "ray", "results_dir", "cache_dir")
+GRID_FIELDS = ("datasets", "categories", "generators", "detectors", "seeds")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -196,44 +194,73 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping")
     return data
 
 
-def parse_set(expr: str) -> tuple[str, Any]:
-    """`--set a.b=c` -> nested dict {a: {b: c}} merged over the config (values parsed as YAML)."""
+def parse_set(expr: str) -> dict:
+    """`--set a.b=c` -> nested dict {a: {b: c}} (the value parsed as YAML)."""
     if "=" not in expr:
         raise ConfigError(f"--set expects key=value, got {expr!r}")
     key, raw = expr.split("=", 1)
-    value = yaml.safe_load(raw)
-    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {expr}: bad key {key!r}")
     for p in reversed(parts[1:]):
         value = {p: value}
-    return parts[0], value
+    return {parts[0]: value}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge: mappings combine, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        if k == "dataset":  # singular convenience
+            k, v = "datasets", [v] if isinstance(v, str) else v
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def build_config(preset: str | None = None, config: str | Path | None = None,
                  overrides: dict | None = None, sets: list[str] | None = None) -> RunConfig:
     """Preset YAML, then a user YAML, then CLI overrides, then `--set key=value` pairs."""
-    cfg = RunConfig()
+    layers: list[tuple[str, dict]] = []
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-        _apply(cfg, load_yaml(CONFIG_DIR / f"{preset}.yaml"), f"preset {preset!r}")
+        layers.append((f"preset {preset!r}", load_yaml(CONFIG_DIR / f"{preset}.yaml")))
     if config is not None:
-        _apply(cfg, load_yaml(config), f"config file {str(config)!r}")
+        layers.append((f"config file {str(config)!r}", load_yaml(config)))
     if overrides:
-        _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+        layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
     for s in sets or []:
-        k, v = parse_set(s)
-        _apply(cfg, {k: v}, f"--set {s}")
-    if not 0.0 < cfg.split.fraction < 1.0:
-        raise ConfigError(f"config field 'split.fraction' must be in (0, 1), got {cfg.split.fraction}")
-    if cfg.split.mode not in ("random", "ordered"):
-        raise ConfigError(f"config field 'split.mode' must be 'random' or 'ordered', got {cfg.split.mode!r}")
-    if cfg.executor not in ("local", "ray"):
-        raise ConfigError(f"config field 'executor' must be 'local' or 'ray', got {cfg.executor!r}")
+        layers.append((f"--set {s}", parse_set(s)))
+    raw: dict = {}
+    cfg = RunConfig()
+    for source, data in layers:
+        raw = _merge(raw, data)
+        try:
+            cfg = build(RunConfig, raw, where="")
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def run_settings(cfg: RunConfig) -> dict:
+    """The resolved run config as a plain dict (what `run.json` stores)."""
+    return resolved(cfg)
+
+
+__all__ = ["CONFIG_DIR", "PRESETS", "RECORD_SCHEMA", "CellConfig", "ConfigError", "RayConfig", "RunConfig",
+           "SplitConfig", "build_config", "digest", "load_yaml", "parse_set", "run_settings"]

@@ -6,10 +6,17 @@ entries through a Python entry-point group, loaded lazily the first time a name 
 from __future__ import annotations
 
 import fnmatch
+import re
+import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
+
+# One naming convention for every registry: lower snake_case (`crop_paste`, `dhdiff_dda`);
+# a family of names shares a prefix and a colon (`anomalib:Padim`). Checked by the contract
+# tests over every registry (tests/test_contracts.py), not at import: a plugin never breaks imports.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(:\*)?$")
 
 
 class UnknownNameError(KeyError):
@@ -24,6 +31,7 @@ class Registry:
         self.kind = kind
         self.group = group
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._aliases: dict[str, str] = {}   # old name -> current name (warns when used)
         self._plugins_loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -38,6 +46,19 @@ class Registry:
             return obj
 
         return deco
+
+    def alias(self, old: str, new: str) -> None:
+        """Keep an old name working after a rename; using it warns (DeprecationWarning)."""
+        self._aliases[old] = new
+
+    def canonical(self, name: str) -> str:
+        """The current name for ``name`` (itself unless it is a deprecated alias)."""
+        if name in self._aliases and name not in self._entries:
+            new = self._aliases[name]
+            warnings.warn(f"{self.kind} name {name!r} is deprecated; use {new!r}", DeprecationWarning,
+                          stacklevel=3)
+            return new
+        return name
 
     def _load_plugins(self) -> None:
         if self._plugins_loaded:
@@ -55,6 +76,7 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         self._load_plugins()
+        name = self.canonical(name)
         if name not in self._entries:
             # prefixed families such as "anomalib:Padim" resolve through their prefix entry
             prefix = name.split(":", 1)[0] + ":*"
@@ -66,6 +88,7 @@ class Registry:
         return self._entries[name]
 
     def create(self, name: str, **kwargs: Any) -> Any:
+        name = self.canonical(name)
         factory = self.get(name)
         if name not in self._entries:  # prefixed family: pass the part after the colon
             return factory(name.split(":", 1)[1], **kwargs)

@@ -8,10 +8,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from detectors import create_detector, list_detectors
+from detectors import list_detectors
 from generators import get_generator_class, list_generators
 
-from . import store
+from . import runs, schema, store
 from .cell import NO_GENERATOR, run_cell
 from .config import CellConfig, ConfigError, RunConfig
 from .datasets import create_dataset, list_datasets
@@ -23,26 +23,102 @@ class Plan:
     cells: list[CellConfig]
     todo: list[CellConfig]
     skipped: list[str] = field(default_factory=list)  # why some grid points have no cell
+    rejected: list = field(default_factory=list)      # (path, reason) of bad records moved aside
+
+
+def _component_class(kind: str, name: str):
+    from detectors import get_detector_class
+
+    from .datasets import DATASETS, list_datasets
+
+    if kind == "generator":
+        return get_generator_class(name)
+    if kind == "detector":
+        return get_detector_class(name)
+    list_datasets()
+    return DATASETS.get(name)
+
+
+def resolve_components(cfg: RunConfig) -> dict:
+    """{(kind, name): resolved config} for every component of the grid, validated before any
+    work: unknown names, unknown keys, wrong types and ranges are one line naming the key.
+
+    Settings for a component name that is not registered (a typo such as `detector_cfg.uent`)
+    are refused too, even when that name is not in the grid."""
+    _check_names(cfg)
+    out: dict = {}
+    for kind, field_name, names in (("generator", "generator_cfg", [g for g in cfg.generators if g != NO_GENERATOR]),
+                                    ("detector", "detector_cfg", cfg.detectors),
+                                    ("dataset", "dataset_cfg", cfg.datasets)):
+        given = getattr(cfg, field_name)
+        for key in given:
+            try:
+                _component_class(kind, key)
+            except UnknownNameError as e:
+                raise ConfigError(f"{field_name}.{key}: {e}") from None
+        for name in names:
+            entry = _component_class(kind, name)
+            resolver = getattr(entry, "resolve_config", None)
+            raw = dict(given.get(name, {}))
+            where = f"{field_name}.{name}"
+            if resolver is None:  # a plain factory without a settings dataclass: passed as given
+                out[(kind, name)] = raw
+                continue
+            variant = name.split(":", 1)[1] if ":" in name and name not in _registered(kind) else None
+            out[(kind, name)] = schema.resolved(resolver(raw, where, variant) if variant else resolver(raw, where))
+    return out
+
+
+def _registered(kind: str) -> list[str]:
+    return {"generator": list_generators, "detector": list_detectors, "dataset": list_datasets}[kind]()
+
+
+def _uses_pairs(name: str, resolved_cfg: dict) -> bool:
+    """Whether a detector trains on generated pairs, read from its class (no model is built)."""
+    from detectors import get_detector_class
+
+    cls = get_detector_class(name)
+    hook = getattr(cls, "pairs_used", None)
+    if hook is not None:
+        return bool(hook(resolved_cfg, name.split(":", 1)[1] if ":" in name else None))
+    return bool(getattr(cls, "uses_pairs", True))
+
+
+def check_device(device: str) -> None:
+    """A device torch cannot use here fails before any work, not inside every cell."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}); use --device cpu")
+        idx = int(device.split(":", 1)[1]) if ":" in device else 0
+        if idx >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps': MPS is not available on this machine; use --device cpu")
 
 
 def _check_names(cfg: RunConfig) -> None:
     """Unknown names fail before any work, with one line listing what is registered."""
-    known = {"generator": list_generators() + [NO_GENERATOR], "detector": list_detectors(),
-             "dataset": list_datasets()}
-    for kind, names in (("generator", cfg.generators), ("detector", cfg.detectors), ("dataset", cfg.datasets)):
+    for kind, names in (("generator", [g for g in cfg.generators if g != NO_GENERATOR]),
+                        ("detector", cfg.detectors), ("dataset", cfg.datasets)):
         for n in names:
-            if n in known[kind] or (kind == "detector" and ":" in n and f"{n.split(':')[0]}:*" in known[kind]):
-                continue
-            raise UnknownNameError(f"unknown {kind} {n!r}; registered: {', '.join(known[kind])}")
+            _component_class(kind, n)  # UnknownNameError lists the registered names
 
 
-def plan(cfg: RunConfig) -> Plan:
-    _check_names(cfg)
+def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
+    """Validate everything, then list the grid's cells and those still to run.
+
+    With ``record_run`` the run folder's manifest is checked (a run is one experiment,
+    `benchmark.runs`) and grown; nothing is computed here."""
+    components = resolve_components(cfg)
+    check_device(cfg.device)
     cells: list[CellConfig] = []
     skipped: list[str] = []
     seen: set[str] = set()
     for dataset in cfg.datasets:
-        adapter = create_dataset(dataset, cfg.root_of(dataset), **cfg.dataset_cfg.get(dataset, {}))
+        adapter = create_dataset(dataset, cfg.root_of(dataset), **components[("dataset", dataset)])
         cats = adapter.categories()
         if cfg.categories != "all":
             missing = [c for c in cfg.categories if c not in cats]
@@ -50,8 +126,7 @@ def plan(cfg: RunConfig) -> Plan:
                 raise ConfigError(f"data set {dataset!r} has no categories {missing}; found: {', '.join(cats)}")
             cats = list(cfg.categories)
         for det in cfg.detectors:
-            uses_pairs = create_detector(det, **cfg.detector_cfg.get(det, {})).uses_pairs
-            gens = cfg.generators if uses_pairs else [NO_GENERATOR]
+            gens = cfg.generators if _uses_pairs(det, components[("detector", det)]) else [NO_GENERATOR]
             if not adapter.has_masks:  # image-level data: mask-needing generators are refused
                 refused = [g for g in gens if g != NO_GENERATOR and getattr(get_generator_class(g), "needs_masks", False)]
                 skipped.extend(f"{g} skipped on {dataset}: it needs pixel masks of real anomalies and "
@@ -60,12 +135,17 @@ def plan(cfg: RunConfig) -> Plan:
             for cat in cats:
                 for gen in gens:
                     for seed in cfg.seeds:
-                        c = cfg.cell(dataset, cat, gen, det, seed)
+                        c = cfg.cell(dataset, cat, gen, det, seed, components)
                         if c.hash() not in seen:
                             seen.add(c.hash())
                             cells.append(c)
+    if not cells:
+        raise ConfigError("the grid has no cell to run (every generator was skipped); see the lines above")
+    if record_run:
+        runs.check_and_record(cfg, components)
+    _, rejected = store.scan(cfg.run_dir)  # bad records are moved aside here, and named below
     todo = [c for c in cells if not store.is_done(cfg.run_dir, c.hash())]
-    return Plan(cells, todo, list(dict.fromkeys(skipped)))
+    return Plan(cells, todo, list(dict.fromkeys(skipped)), rejected)
 
 
 def _progress(console: Console) -> Progress:
@@ -74,33 +154,59 @@ def _progress(console: Console) -> Progress:
 
 
 def run_local(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[dict]:
+    """Cells one after another. Each cell is claimed with a lock first: a second process on the
+    same run folder waits for it and then reads its record instead of computing it again."""
     out = []
     with _progress(console) as prog:
         task = prog.add_task("cells", total=len(cells), status="")
         for c in cells:
             prog.update(task, status=c.label)
-            rec = run_cell(c, cfg.cache_dir, progress=lambda m: prog.update(task, status=f"{c.label}: {m}"))
-            store.write_record(cfg.run_dir, rec)
+            with store.cell_lock(cfg.run_dir, c.hash(),
+                                 on_wait=lambda: prog.update(task, status=f"{c.label}: waiting for another "
+                                                                           f"process computing it")):
+                if store.is_done(cfg.run_dir, c.hash()):  # done by another process meanwhile
+                    prog.advance(task)
+                    continue
+                rec = run_cell(c, cfg.cache_dir, progress=lambda m: prog.update(task, status=f"{c.label}: {m}"))
+                store.write_record(cfg.run_dir, rec)
             _report_failure(console, rec)
             out.append(rec)
             prog.advance(task)
     return out
 
 
+def _check_ray_address(address: str, timeout: float) -> None:
+    """Ray's own connect retries for minutes on a dead address; fail within seconds instead."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    if target == "auto":
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray.address {address!r}: expected host:port (or ray://host:port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"ray.address {address!r}: cannot connect within {timeout:g} s "
+                          f"({e.strerror or e}); is the Ray head running?") from None
+
+
 def run_ray(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[dict]:
     """One Ray task per cell; each record is written as soon as its task ends."""
     import ray
 
-    opts = cfg.ray or {}
+    opts = cfg.ray
     if not ray.is_initialized():
-        addr = opts.get("address")
-        init_kw = {"address": addr} if addr else {"num_cpus": opts.get("local_num_cpus") or os.cpu_count()}
+        addr = opts.address
+        if addr:
+            _check_ray_address(addr, opts.connect_timeout_s)
+        init_kw = {"address": addr} if addr else {"num_cpus": opts.local_num_cpus or os.cpu_count()}
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}},
                  **init_kw)
-    remote = ray.remote(num_cpus=opts.get("num_cpus", 1), num_gpus=opts.get("num_gpus", 0),
-                        max_retries=0)(_ray_cell)
-    threads = cfg.threads or max(1, int(opts.get("num_cpus", 1)))
+    remote = ray.remote(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_retries=0)(_ray_cell)
+    threads = cfg.threads or max(1, int(opts.num_cpus))
     refs = {remote.remote(c.to_dict(), str(Path(cfg.cache_dir).resolve()), str(Path.cwd()), threads): c
             for c in cells}
     out = []
@@ -150,6 +256,8 @@ def execute(cfg: RunConfig, console: Console | None = None) -> tuple[Plan, list[
     p = plan(cfg)
     for msg in p.skipped:
         console.print(f"[yellow]{msg}[/yellow]")
+    for path, why in p.rejected:
+        console.print(f"[yellow]bad record moved aside, its cell runs again:[/yellow] {path}: {why}")
     console.print(f"run [bold]{cfg.run}[/bold]: {len(p.cells)} cells, {len(p.cells) - len(p.todo)} already "
                   f"recorded, {len(p.todo)} to run ({cfg.executor} executor)")
     if not p.todo:

@@ -17,16 +17,20 @@ def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = 
 
     from .plots import pair_grid
 
+    from .runner import resolve_components
+
     get_generator_class(generator)  # unknown name: one-line error before any work
+    cfg.generators = [generator]
+    components = resolve_components(cfg)  # every setting validated before any work
     dataset = cfg.datasets[0]
-    adapter = create_dataset(dataset, cfg.root_of(dataset), **cfg.dataset_cfg.get(dataset, {}))
+    adapter = create_dataset(dataset, cfg.root_of(dataset), **components[("dataset", dataset)])
     category = cfg.categories[0] if cfg.categories != "all" else adapter.categories()[0]
-    cell = cfg.cell(dataset, category, generator, cfg.detectors[0], cfg.seeds[0])
+    cell = cfg.cell(dataset, category, generator, cfg.detectors[0], cfg.seeds[0], components)
     cell.pairs_per_defect = n
     split = few_shot_split(adapter.samples(category), cell.split.fraction, cell.split.mode, cell.seed)
     normals = load_images(split.train_normals, cell.image_size)
     log = (lambda m: console.print(m)) if console else None
-    pairs, _, _, _ = make_pairs(cell, adapter, split, normals, cfg.cache_dir, log)
+    pairs = make_pairs(cell, adapter, split, normals, cfg.cache_dir, log).pairs
     path = Path(out) if out else Path("results/samples") / f"{generator}_{dataset}_{category}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(pair_grid(pairs, path, title=f"{generator} on {dataset}/{category} (seed {cell.seed})"))

@@ -1,15 +1,32 @@
 """The result store: one JSON record per cell under ``<run>/cells/<hash>.json``, written atomically.
 
-A rerun skips every cell whose record exists with status ok; a killed run loses no finished cell.
+A rerun skips every cell whose record exists, is valid and says ok; a killed run loses no
+finished cell. Records check themselves on read (`validate`): a record that is not JSON, not
+of this schema, lacks its config, or whose config does not hash to its name is moved aside to
+``cells/rejected/`` with a line saying why, and its cell runs again. A per-cell lock
+(`cell_lock`) keeps two processes from computing or writing the same cell.
+The record layout is written down in docs/records.md.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
+
+from .config import RECORD_SCHEMA, CellConfig
+
+STATUSES = ("ok", "failed")
+
+
+class RecordError(ValueError):
+    """A stored record that cannot be trusted; the message says why."""
 
 
 def cells_dir(run_dir: str | Path) -> Path:
@@ -21,6 +38,7 @@ def record_path(run_dir: str | Path, cell_hash: str) -> Path:
 
 
 def write_record(run_dir: str | Path, record: dict) -> Path:
+    record = {"schema": RECORD_SCHEMA, **record}
     path = record_path(run_dir, record["hash"])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
@@ -36,23 +54,113 @@ def write_record(run_dir: str | Path, record: dict) -> Path:
     return path
 
 
-def read_record(path: Path) -> dict | None:
+def validate(record: object, name: str | None = None) -> dict:
+    """The record itself, or a RecordError saying what is wrong with it."""
+    if not isinstance(record, dict):
+        raise RecordError(f"not a record (a JSON {type(record).__name__})")
+    schema = record.get("schema")
+    if schema != RECORD_SCHEMA:
+        raise RecordError(f"record schema {schema!r}, this version reads {RECORD_SCHEMA}")
+    for key in ("hash", "config", "status"):
+        if key not in record:
+            raise RecordError(f"no {key!r} field")
+    if record["status"] not in STATUSES:
+        raise RecordError(f"status {record['status']!r} (expected ok or failed)")
+    if not isinstance(record["config"], dict):
+        raise RecordError("'config' is not a mapping")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # unreadable: treated as not recorded, the cell runs again
+        cell_hash = CellConfig.from_dict(record["config"]).hash()
+    except (TypeError, ValueError, KeyError) as e:
+        raise RecordError(f"'config' is not a cell config ({e})") from None
+    if cell_hash != record["hash"]:
+        raise RecordError(f"its config hashes to {cell_hash}, not to its recorded hash {record['hash']}")
+    if name is not None and name != record["hash"]:
+        raise RecordError(f"file name {name} differs from its hash {record['hash']}")
+    if record["status"] == "ok":
+        if not isinstance(record.get("metrics"), dict) or not record["metrics"]:
+            raise RecordError("status ok but no metrics")
+        ev = record.get("eval")
+        if not isinstance(ev, dict) or not all(isinstance(ev.get(k), list) for k in ("label", "score")) \
+                or len(ev["label"]) != len(ev["score"]):
+            raise RecordError("status ok but no per-image labels and scores of equal length")
+    return record
+
+
+def read_record(path: Path) -> dict:
+    """The validated record at ``path``; RecordError (not JSON, malformed) or OSError."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecordError(f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise RecordError("not UTF-8 text") from None
+    return validate(data, path.stem)
+
+
+def reject(path: Path, reason: str) -> Path:
+    """Move a bad record aside (``cells/rejected/``) with its reason; its cell runs again."""
+    dest_dir = path.parent / "rejected"
+    dest_dir.mkdir(exist_ok=True)
+    dest = dest_dir / path.name
+    shutil.move(str(path), dest)
+    dest.with_suffix(".why.txt").write_text(reason + "\n")
+    return dest
+
+
+def scan(run_dir: str | Path) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Every valid record of a run, and (path, reason) for each bad one (moved aside)."""
+    d = cells_dir(run_dir)
+    if not d.is_dir():
+        return [], []
+    good, bad = [], []
+    for p in sorted(d.glob("*.json")):
+        try:
+            good.append(read_record(p))
+        except RecordError as e:
+            bad.append((reject(p, str(e)), str(e)))
+        except OSError as e:
+            bad.append((p, f"unreadable ({e.strerror})"))
+    return good, bad
 
 
 def is_done(run_dir: str | Path, cell_hash: str) -> bool:
-    rec = read_record(record_path(run_dir, cell_hash))
-    return rec is not None and rec.get("hash") == cell_hash and rec.get("status") == "ok"
+    """A valid ok record exists. A bad one is moved aside (and so is not done)."""
+    path = record_path(run_dir, cell_hash)
+    if not path.is_file():
+        return False
+    try:
+        rec = read_record(path)
+    except RecordError as e:
+        reject(path, str(e))
+        return False
+    return rec["status"] == "ok"
 
 
 def load_records(run_dir: str | Path) -> list[dict]:
-    d = cells_dir(run_dir)
-    if not d.is_dir():
-        return []
-    return [r for p in sorted(d.glob("*.json")) if (r := read_record(p)) is not None]
+    """The valid records of a run (bad ones are moved aside; `scan` also says which)."""
+    return scan(run_dir)[0]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait=None) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) held for the block; released when the process dies,
+    so a killed run never leaves a stale lock. ``on_wait()`` is called once if we must wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cell_lock(run_dir: str | Path, cell_hash: str, on_wait=None):
+    return file_lock(cells_dir(run_dir) / ".locks" / f"{cell_hash}.lock", on_wait)
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:

@@ -26,10 +26,25 @@ class DetectorContext:
 
 class Detector(ABC):
     registry_name: str = ""
+    config_class: type | None = None   # the settings dataclass (benchmark.schema); None: no settings
     uses_pairs: bool = True  # False: an unsupervised "no augmentation" reference
 
     def __init__(self, **cfg):
         self.cfg = cfg
+        self.config = self.resolve_config(cfg, f"detector_cfg.{self.registry_name or type(self).__name__}")
+
+    @classmethod
+    def resolve_config(cls, cfg: dict, where: str, variant: str | None = None):
+        """The settings dataclass from a dict (see `generators.base.Generator.resolve_config`)."""
+        from benchmark.schema import build, reject_settings
+
+        if cls.config_class is None:
+            return reject_settings(cfg, where)
+        return build(cls.config_class, cfg, where)
+
+    def weights_info(self) -> dict | None:
+        """Which pretrained weights the detector used (name, sha256), stored in the record."""
+        return None
 
     @abstractmethod
     def fit(self, normals: np.ndarray, pairs: list[Pair], ctx: DetectorContext) -> None:

@@ -49,6 +49,7 @@ class Generator(ABC):
     """
 
     registry_name: str = ""
+    config_class: type | None = None   # the settings dataclass (benchmark.schema); None: no settings
     needs_masks: bool = False
     needs_anomalies: bool = False
     edits_normal: bool = True
@@ -56,6 +57,24 @@ class Generator(ABC):
 
     def __init__(self, **cfg):
         self.cfg = cfg
+        self.config = self.resolve_config(cfg, f"generator_cfg.{self.registry_name or type(self).__name__}")
+
+    @classmethod
+    def resolve_config(cls, cfg: dict, where: str, variant: str | None = None):
+        """The settings dataclass from a dict: unknown keys, wrong types and ranges are one
+        ConfigError naming the key. The runner calls this at plan time, before any work, and
+        stores `benchmark.schema.resolved(...)` of the result, so it must be idempotent:
+        resolving the resolved dict again gives the same config."""
+        from benchmark.schema import build, reject_settings
+
+        if cls.config_class is None:
+            return reject_settings(cfg, where)
+        return build(cls.config_class, cfg, where)
+
+    def stats(self) -> dict:
+        """Counters of what the generator did besides its model (retries, fallbacks, pieces
+        dropped by clean-up ...), stored in the record; empty when there are none."""
+        return {}
 
     @abstractmethod
     def fit(self, data: FitData, rng: np.random.Generator) -> None:

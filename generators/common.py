@@ -235,14 +235,3 @@ def perlin_2d(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Gener
 
 
 # --------------------------------------------------------------------------- config
-
-
-def make_config(config_cls, cfg: dict, who: str):
-    """Build a config dataclass from kwargs; an unknown key is a ValueError naming it."""
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"{who}: unknown config key(s) {unknown}; known: {sorted(known)}")
-    return config_cls(**cfg)

@@ -38,6 +38,7 @@ class CropPasteConfig:
 @register_generator("crop_paste")
 class CropPaste(Generator):
     """Real defects moved onto normals; pairs keep their source's defect type."""
+    config_class = CropPasteConfig
 
     needs_masks = True
     needs_anomalies = True
@@ -46,7 +47,6 @@ class CropPaste(Generator):
 
     def __init__(self, **cfg):
         super().__init__(**cfg)
-        self.config = common.make_config(CropPasteConfig, cfg, "crop_paste")
         self._normals = None
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:

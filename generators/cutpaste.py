@@ -46,11 +46,10 @@ class CutPaste(Generator):
     needs_anomalies = False
     edits_normal = True
     version = 1
-    config_cls = CutPasteConfig
+    config_class = CutPasteConfig
 
     def __init__(self, **cfg):
         super().__init__(**cfg)
-        self.config = common.make_config(self.config_cls, cfg, self.registry_name or "cutpaste")
         self._normals: list[np.ndarray] | None = None
         self._fg = None
 

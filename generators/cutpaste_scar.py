@@ -39,7 +39,7 @@ class CutPasteScar(CutPaste):
     """Scar CutPaste; shares placement and jitter with rectangle CutPaste."""
 
     version = 1
-    config_cls = CutPasteScarConfig
+    config_class = CutPasteScarConfig
 
     def _patch(self, img: np.ndarray, rng: np.random.Generator):
         H, W = img.shape[:2]

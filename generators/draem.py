@@ -159,6 +159,7 @@ def perlin_mask(hw: tuple[int, int], cfg: DraemConfig, rng: np.random.Generator)
 @register_generator("draem")
 class Draem(Generator):
     """Perlin-masked texture blending; knows no defect types (pairs carry the requested label)."""
+    config_class = DraemConfig
 
     needs_masks = False
     needs_anomalies = False
@@ -168,7 +169,6 @@ class Draem(Generator):
 
     def __init__(self, **cfg):
         super().__init__(**cfg)
-        self.config = common.make_config(DraemConfig, cfg, "draem")
         self._normals = None
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:

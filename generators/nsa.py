@@ -53,6 +53,7 @@ class NsaConfig:
 @register_generator("nsa")
 class Nsa(Generator):
     """Poisson-blended patches from other normals; knows no defect types."""
+    config_class = NsaConfig
 
     needs_masks = False
     needs_anomalies = False
@@ -61,7 +62,6 @@ class Nsa(Generator):
 
     def __init__(self, **cfg):
         super().__init__(**cfg)
-        self.config = common.make_config(NsaConfig, cfg, "nsa")
         self._normals = None
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:

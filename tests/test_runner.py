@@ -9,7 +9,7 @@ from benchmark.config import build_config
 from benchmark.runner import execute, plan
 from tests.layouts import make_mvtec_ad_tree
 
-TINY = ["detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}", "pairs_per_defect=3",
+TINY = ["detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}", "pairs_per_defect=3", "split.fraction=0.5",
         "image_size=32", "eval_size=32"]
 
 
