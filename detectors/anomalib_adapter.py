@@ -332,6 +332,21 @@ class AnomalibDetector(Detector):
     in place of ImageNette for the penalty loss (smoke-test mode, not the paper's model).
     """
 
+    @classmethod
+    def resolve_config(cls, cfg: dict, where: str, variant: str | None = None) -> dict:
+        """Adapter options filled in and checked, model kwargs checked against the model class
+        (when ``variant``, the model name, is known); a ConfigError naming the key otherwise."""
+        from benchmark.schema import ConfigError, build
+
+        opts = build(AnomalibOptions, {k: v for k, v in cfg.items() if k in _OPTION_FIELDS}, where)
+        kwargs = {k: v for k, v in cfg.items() if k not in _OPTION_FIELDS}
+        if variant is not None:
+            try:
+                _check_model_kwargs(_resolve_model_class(variant), kwargs)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}") from None
+        return {**dataclasses.asdict(opts), **kwargs}
+
     def __init__(self, model_name: str, **cfg):
         super().__init__(**cfg)
         opts = {k: v for k, v in cfg.items() if k in _OPTION_FIELDS}
