@@ -1,4 +1,4 @@
-"""Figures for the report: bars per method, ROC curves, grids of generated pairs.
+"""Figures for the report: bars per method (error bars = the tables' intervals), ROC curves, grids of generated pairs.
 
 Pure functions: data in, one PNG out, its path returned. They build ``matplotlib.figure.Figure``
 objects directly (Agg canvas, no pyplot state), so they are safe in workers and never open windows.
@@ -29,39 +29,35 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def method_summary(df: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFrame:
-    """Per data set and method: mean and std over seeds of the category-averaged ``metric``.
-
-    A seed's average skips NaN categories (e.g. a one-class evaluation set); a method with no
-    finite value at all is dropped, so its bar is skipped rather than drawn at zero. Without a
-    ``seed`` column, repeated rows of one cell count as seeds.
-    """
-    need = ["dataset", "category", "generator", metric]
-    missing = [c for c in need if c not in df.columns]
+def error_bars(summary: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(below, above) bar extents from the table's interval bounds ``lo`` / ``hi``; NaN where the
+    table has no interval (one seed and nothing to resample), so no error bar is drawn there.
+    Bars never invent a spread the table does not show (issue 9: one aggregation for both)."""
+    need = ["mean", "lo", "hi"]
+    missing = [c for c in need if c not in summary.columns]
     if missing:
-        raise ValueError(f"bars_by_method: result table lacks column(s) {missing} (has {list(df.columns)})")
-    d = df.copy()
-    d["detector"] = d["detector"].fillna("").astype(str) if "detector" in d else ""
-    d[metric] = pd.to_numeric(d[metric], errors="coerce")
-    cell = ["dataset", "category", "generator", "detector"]
-    if "seed" not in d:
-        d["seed"] = d.groupby(cell, sort=False).cumcount()
-    d = d[np.isfinite(d[metric])]
-    cols = ["dataset", "generator", "detector", "mean", "std", "n_seeds"]
-    if d.empty:
-        return pd.DataFrame(columns=cols)
-    per_seed = d.groupby(["dataset", "generator", "detector", "seed"], sort=False)[metric].mean()
-    g = per_seed.groupby(level=["dataset", "generator", "detector"], sort=False)
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n_seeds": g.size()})
-    return out.reset_index()[cols]
+        raise ValueError(f"bars_by_method: summary lacks column(s) {missing} (has {list(summary.columns)}); "
+                         f"build it with benchmark.tables.method_summary")
+    m, lo, hi = (pd.to_numeric(summary[c], errors="coerce").to_numpy(np.float64) for c in need)
+    ok = np.isfinite(m) & np.isfinite(lo) & np.isfinite(hi)
+    return np.where(ok, m - lo, np.nan), np.where(ok, hi - m, np.nan)
 
 
-def bars_by_method(df: pd.DataFrame, path: str | Path, metric: str = "image_auroc") -> Path:
-    """One subplot per data set; bars grouped by generator, one colour per detector, +-std over seeds."""
-    s = method_summary(df, metric)
+def bars_by_method(summary: pd.DataFrame, path: str | Path, metric: str = "image_auroc") -> Path:
+    """One subplot per data set; bars grouped by generator, one colour per detector.
+
+    ``summary`` is `benchmark.tables.method_summary(records, metric)`: the tables' average row
+    (mean and 95% interval over the same categories for every method). Error bars only where that
+    interval exists; a method without a finite mean is marked n/a instead of drawn at zero."""
+    df = summary.copy()
+    if len(df):
+        df["detector"] = df["detector"].fillna("").astype(str) if "detector" in df else ""
+        below, above = error_bars(df)
+        df["below"], df["above"] = below, above
+    s = df[np.isfinite(pd.to_numeric(df["mean"], errors="coerce"))] if len(df) else df
     datasets = list(dict.fromkeys(df["dataset"])) if len(df) else []
     generators = list(dict.fromkeys(df["generator"])) if len(df) else []
-    detectors = list(dict.fromkeys(df["detector"].fillna("").astype(str))) if "detector" in df else [""]
+    detectors = list(dict.fromkeys(df["detector"])) if len(df) else [""]
     datasets = datasets or ["(no results)"]
     width_in = max(3.0, 0.5 + 0.45 * max(1, len(generators)) * max(1, len(detectors)))
     fig = Figure(figsize=(width_in * len(datasets), 3.6), layout="constrained")
@@ -69,23 +65,30 @@ def bars_by_method(df: pd.DataFrame, path: str | Path, metric: str = "image_auro
     bar_w = 0.8 / max(1, len(detectors))
     colors = [f"C{i % 10}" for i in range(len(detectors))]
     for ax, ds in zip(axes, datasets):
-        sd = s[s["dataset"] == ds]
+        sd = s[s["dataset"] == ds] if len(s) else s
         for j, det in enumerate(detectors):
-            sj = sd[sd["detector"] == det].set_index("generator")
-            x = [i + (j - (len(detectors) - 1) / 2) * bar_w for i, g in enumerate(generators) if g in sj.index]
+            sj = sd[sd["detector"] == det].set_index("generator") if len(sd) else sd
             gs = [g for g in generators if g in sj.index]
+            x = [i + (j - (len(detectors) - 1) / 2) * bar_w for i, g in enumerate(generators) if g in sj.index]
             if gs:
-                ax.bar(x, sj.loc[gs, "mean"], bar_w, yerr=sj.loc[gs, "std"], capsize=3,
-                       color=colors[j], label=det or None)
+                ax.bar(x, sj.loc[gs, "mean"], bar_w, color=colors[j], label=det or None)
+                has = np.isfinite(sj.loc[gs, "below"].to_numpy(np.float64))
+                if has.any():
+                    ax.errorbar(np.asarray(x)[has], sj.loc[gs, "mean"].to_numpy()[has],
+                                yerr=[sj.loc[gs, "below"].to_numpy()[has], sj.loc[gs, "above"].to_numpy()[has]],
+                                fmt="none", ecolor="k", capsize=3, lw=1)
             for i, g in enumerate(generators):  # mark skipped bars (no finite value) as n/a
-                if g not in sj.index and ((df["dataset"] == ds) & (df["generator"] == g)).any():
+                if g not in sj.index and ((df["dataset"] == ds) & (df["generator"] == g) & (df["detector"] == det)).any():
                     ax.text(i + (j - (len(detectors) - 1) / 2) * bar_w, 0.01, "n/a", rotation=90,
                             ha="center", va="bottom", fontsize="x-small", color=colors[j],
                             transform=ax.get_xaxis_transform())
         ax.set_xticks(range(len(generators)), generators, rotation=30, ha="right")
-        ax.set_title(ds)
+        sub = df[df["dataset"] == ds] if len(df) else df
+        n = f" ({int(sub['n_categories'].iloc[0])}/{int(sub['n_all'].iloc[0])} categories)" \
+            if len(sub) and "n_categories" in sub and sub["n_categories"].iloc[0] != sub["n_all"].iloc[0] else ""
+        ax.set_title(ds + n)
         ax.set_ylabel(metric)
-        top = sd["mean"] + sd["std"] if len(sd) else pd.Series([1.0])
+        top = (sd["mean"] + sd["above"].fillna(0.0)) if len(sd) else pd.Series([1.0])
         ax.set_ylim(0, max(1.0, float(top.max()) * 1.05))
         if len(sd) == 0:
             ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)

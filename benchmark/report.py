@@ -1,7 +1,11 @@
-"""Rebuild every table and figure of a run from its stored records, recomputing nothing.
+"""Rebuild every table and figure of a run from its stored records, re-running no cell
+(intervals and paired tests are computed from the records' per-image scores).
 
 Tables: ours per data set (Markdown / CSV / LaTeX), with the DH-Diff paper's published numbers
-for the same data set and categories beside them, labelled as published. Figures: grouped bars
+for the same data set and categories beside them, labelled as published and averaged over the
+same categories as our average row (the paper's printed average is shown too, marked where it is
+not the mean of its own rows), and a ranking per data set whose "= best" column comes from
+paired tests with Holm's correction. Figures: grouped bars
 of methods per data set, ROC curves per category, and a generated-pair grid per generator.
 """
 from __future__ import annotations
@@ -15,24 +19,67 @@ from rich.console import Console
 from . import store, tables
 
 
-def _published_pairs(dataset: str, categories: list[str], kind: str) -> pd.DataFrame:
-    from .reference import published_rows
+MISMATCH_MARK = "‡"
+
+
+def _published_pairs(dataset: str, categories: list[str], same: list[str], kind: str) -> tuple[pd.DataFrame, list[str]]:
+    """Published "(image, pixel)" cells for our categories, an average over ``same`` (our average
+    row's categories) computed from the paper's rows, and the paper's printed average, marked
+    where it is not the mean of its own rows. Returns (table, footnotes)."""
+    from .reference import published_rows, published_summary
 
     img_m, pix_m = tables.PAIRS[kind]
-    a = published_rows(dataset, categories, img_m)
-    b = published_rows(dataset, categories, pix_m)
-    cols = list(dict.fromkeys(list(a.columns) + list(b.columns)))
+    per = [published_rows(dataset, categories, m, include_average=False) for m in (img_m, pix_m)]
+    summ = [published_summary(dataset, same, m) for m in (img_m, pix_m)]
+    cols = list(dict.fromkeys([*per[0].columns, *per[1].columns, *summ[0].index, *summ[1].index]))
     if not cols:
-        return pd.DataFrame()
-    idx = list(dict.fromkeys(list(a.index) + list(b.index)))
+        return pd.DataFrame(), []
+    same_row = f"average over the same {len(same)} categories (from the paper's rows)"
+    printed_row = "average as printed (all categories)"
+    idx = [c for c in categories if any(c in f.index for f in per)] + [same_row, printed_row]
     out = pd.DataFrame(index=idx, columns=cols, dtype=object)
-    for c in idx:
-        for m in cols:
-            x = a.at[c, m] if (c in a.index and m in a.columns) else np.nan
-            y = b.at[c, m] if (c in b.index and m in b.columns) else np.nan
-            out.at[c, m] = f"({'–' if pd.isna(x) else f'{x:.1f}'}, {'–' if pd.isna(y) else f'{y:.1f}'})"
+    notes: list[str] = []
+
+    def num(x) -> str:
+        return "–" if x is None or pd.isna(x) else f"{float(x):.1f}"
+
+    for m in cols:
+        for c in idx[:-2]:
+            out.at[c, m] = "(" + ", ".join(num(f.at[c, m] if (c in f.index and m in f.columns) else None)
+                                         for f in per) + ")"
+        out.at[same_row, m] = "(" + ", ".join(num(sm.at[m, "same_mean"] if m in sm.index and same else None)
+                                              for sm in summ) + ")"
+        parts = []
+        for sm, metric in zip(summ, (img_m, pix_m)):
+            if m not in sm.index:
+                parts.append("–")
+                continue
+            v = num(sm.at[m, "printed_average"])
+            if sm.at[m, "printed_mismatch"]:
+                v += MISMATCH_MARK
+                notes.append(f"{MISMATCH_MARK} {m}, {metric}: printed average {num(sm.at[m, 'printed_average'])} "
+                             f"but the mean of its {sm.at[m, 'n_rows']} printed rows is {sm.at[m, 'rows_mean']:.2f}")
+            parts.append(v)
+        out.at[printed_row, m] = "(" + ", ".join(parts) + ")"
     out.index.name = "category"
-    return out
+    return out, notes
+
+
+def _rankings(records: list[dict], dataset: str) -> str:
+    """A ranking per data set and AUROC level, with Holm-adjusted paired tests against the best."""
+    from .compare import ranking, ranking_markdown
+    from .config import ConfigError
+
+    parts = []
+    for metric in ("image_auroc", "pixel_auroc"):
+        try:
+            r = ranking(records, dataset, metric)
+        except ConfigError as e:
+            parts.append(f"#### Ranking on {dataset} by {metric}: not computed ({e})\n")
+            continue
+        if len(r) > 1:
+            parts.append(ranking_markdown(r, dataset, metric))
+    return "\n".join(parts)
 
 
 def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path) -> list[Path]:
@@ -41,12 +88,11 @@ def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path) -> list[Pa
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    wide = frame.pivot_table(index=["dataset", "category", "generator", "detector", "seed"], columns="metric",
-                             values="value").reset_index()
-    several = wide["detector"].nunique() > 1
+    several = frame["detector"].nunique() > 1
     for metric in ("image_auroc", "pixel_auroc", "image_ap", "pixel_ap"):
-        if metric in wide and wide[metric].notna().any():
-            paths.append(bars_by_method(wide, fig_dir / f"bars_{metric}.png", metric=metric))
+        summary = tables.method_summary(records, metric)
+        if len(summary) and summary["mean"].notna().any():
+            paths.append(bars_by_method(summary, fig_dir / f"bars_{metric}.png", metric=metric))
     for dataset in sorted(frame["dataset"].unique()):
         curves: dict = {}
         for r in records:
@@ -82,28 +128,35 @@ def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path) -> list[Pa
 def build_report(run_dir: str | Path, console: Console | None = None, figures: bool = True) -> dict[str, str]:
     run_dir = Path(run_dir)
     records = store.load_records(run_dir)
-    frame = store.records_frame(records)
-    if frame.empty:
+    if not records:
         if console:
-            console.print(f"[yellow]no successful cells recorded under {run_dir}[/yellow]")
+            console.print(f"[yellow]no cells recorded under {run_dir}[/yellow]")
         return {}
     out = run_dir / "tables"
-    shown = tables.write_tables(frame, out)
-    frame.drop(columns="hash").to_csv(out / "records_long.csv", index=False)
-    for dataset in sorted(frame["dataset"].unique()):
-        cats = sorted(frame.loc[frame["dataset"] == dataset, "category"].unique())
-        for kind in tables.PAIRS:
-            pub = _published_pairs(dataset, cats, kind)
-            if pub.empty:
-                continue
-            name = f"{dataset}_{kind}"
-            head = "Published in the DH-Diff paper (not computed here) for the same categories"
-            md = f"\n#### {head}\n\n" + pub.to_markdown() + "\n"
-            pub.to_csv(out / f"{name}_published.csv")
-            with open(out / f"{name}.md", "a") as f:
-                f.write(md)
-            shown[name] += md
-    if figures:
+    tabs = tables.write_tables(records, out, run=run_dir.name)
+    shown = {name: t.markdown() for name, t in tabs.items()}
+    frame = store.records_frame(records)
+    if not frame.empty:
+        frame.drop(columns="hash").to_csv(out / "records_long.csv", index=False)
+    for name, t in tabs.items():
+        dataset, kind = name.rsplit("_", 1)
+        if kind not in tables.PAIRS:
+            continue
+        pub, notes = _published_pairs(dataset, t.categories, t.eligible, kind)
+        if pub.empty:
+            continue
+        head = "Published in the DH-Diff paper (not computed here) for the same categories"
+        md = f"\n#### {head}\n\n" + pub.to_markdown() + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
+        pub.to_csv(out / f"{name}_published.csv")
+        with open(out / f"{name}.md", "a") as f:
+            f.write(md)
+        shown[name] += md
+    for dataset in sorted({r["config"]["dataset"] for r in records}):
+        md = _rankings(records, dataset)
+        if md:
+            (out / f"{dataset}_ranking.md").write_text(md)
+            shown[f"{dataset}_ranking"] = md
+    if figures and not frame.empty:
         try:
             paths = _figures(records, frame, run_dir / "figures")
             if console:

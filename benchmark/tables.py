@@ -1,93 +1,316 @@
-"""Paper-shaped tables from the stored records (pandas pivots to Markdown / CSV / LaTeX).
+"""Paper-shaped tables from the stored records, every number with how sure it is.
 
-Rows are categories plus an average, columns are methods (generator, or generator/detector when
-several detectors ran), cells "(image AUROC, pixel AUROC)" in % with one decimal as in the
-DH-Diff paper's Table II; mean ± std over seeds when several seeds ran.
+Rows are categories plus an average row, columns are methods (generator, or generator / detector
+when several detectors ran), cells "(image, pixel)" in % as in the DH-Diff paper's Table II, each
+value "mean ±h". Why this shape and these rules (issue 9, design/EVALUATION.md "Evidence"):
+- ±h is the half-width of a 95% interval: over seeds a Student t-interval when >= 2 seeds ran;
+  with one seed the stratified per-image bootstrap of the record's stored scores. The title says
+  which. No interval (one seed and a metric that cannot be resampled, e.g. AUPRO): no ±.
+- ONE aggregation (`aggregate`) and ONE formatter (`format_stat`) make every cell, the average
+  row and the bar charts' error bars, so a figure can never disagree with its table.
+- A failed cell shows ``failed`` (or "(k failed)" beside the surviving seeds), never a gap.
+- The average row covers only categories where every column has a value; otherwise it says
+  "average (n/m categories)" and is marked, because an average over different category sets is
+  not comparable across columns.
+- Cells of different configs are never pooled: columns are (method, rest of config); two records
+  with different configs for one (category, method, seed) are refused, naming both files.
 """
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-PAIRS = {
+from . import stats
+from .compare import check_unique, method_name, metric_value, record_file, sample_of  # noqa: F401
+
+KINDS: dict[str, tuple[str, ...]] = {
     "auroc": ("image_auroc", "pixel_auroc"),
     "ap": ("image_ap", "pixel_ap"),
+    "f1max": ("image_f1max", "pixel_f1max"),
+    "aupro": ("pixel_aupro",),
+    "spro": ("pixel_spro@0.05",),
 }
+PAIRS = {k: v for k, v in KINDS.items() if len(v) == 2}
+LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "image_ap": "image AP",
+          "pixel_ap": "pixel AP", "image_f1max": "image F1-max", "pixel_f1max": "pixel F1-max",
+          "pixel_aupro": "pixel AUPRO (exact, trapezoid to FPR 0.3, normalised)",
+          "pixel_spro@0.05": "AU-sPRO at FPR 0.05 (MVTec LOCO)"}
+N_BOOT, BOOT_SEED, LEVEL = 1000, 0, 0.95
+AVERAGE = "average"
+PARTIAL_MARK = "†"
+# Config fields that do not make two records different columns.
+_NOT_COLUMN = {"category", "seed", "device", "threads"}
 
 
-def method_name(generator: str, detector: str, several_detectors: bool) -> str:
-    g = "no augmentation" if generator == "none" else generator
-    return f"{g} / {detector}" if several_detectors else g
+@dataclass(frozen=True)
+class Stat:
+    """A metric over the seeds (and categories) of one column: mean and interval bounds (NaN when
+    none), how many records succeeded / failed, and which interval: "t", "bootstrap" or "none"."""
+
+    mean: float
+    lo: float
+    hi: float
+    n_ok: int
+    n_failed: int
+    interval: str
+
+    @property
+    def complete(self) -> bool:
+        """Counts toward an average row: no failed seed and a finite value."""
+        return self.n_failed == 0 and self.n_ok > 0 and bool(np.isfinite(self.mean))
 
 
-def _fmt(mean: float, std: float, n: int) -> str:
-    if mean is None or np.isnan(mean):
+def aggregate(records: list[dict], metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+              level: float = LEVEL) -> Stat | None:
+    """The one seed aggregation: records of one column over one or several categories -> Stat.
+
+    Per seed the value is the mean over the records' categories. >= 2 seeds: t-interval of those
+    per-seed values. One seed: stratified bootstrap over evaluation images, each category resampled
+    independently and averaged (`stats.bootstrap_combined`); a pixel interval comes from the seeded
+    pixel subsample and is shifted onto the exact recorded value. None when there are no records."""
+    if not records:
+        return None
+    ok = [r for r in records if r.get("status") == "ok"]
+    n_failed = len(records) - len(ok)
+    if not ok:
+        return Stat(math.nan, math.nan, math.nan, 0, n_failed, "none")
+    by_seed: dict = {}
+    for r in ok:
+        by_seed.setdefault(r["config"]["seed"], []).append(r)
+    per_seed = np.array([np.mean([metric_value(r, metric) for r in rs]) for rs in by_seed.values()])
+    if len(by_seed) >= 2:
+        m, lo, hi = stats.t_interval(per_seed, level)
+        return Stat(m, lo, hi, len(ok), n_failed, "t" if np.isfinite(lo) else "none")
+    mean = float(per_seed[0])
+    samples = [sample_of(r, metric) for r in ok]
+    if not np.isfinite(mean) or any(s is None for s in samples):
+        return Stat(mean, math.nan, math.nan, len(ok), n_failed, "none")
+    est, lo, hi = stats.bootstrap_combined(samples, metric, n_boot=n_boot, seed=seed, level=level)
+    shift = mean - est  # 0 for image metrics (sample_of checked it); pixel subsample -> exact value
+    return Stat(mean, lo + shift, hi + shift, len(ok), n_failed, "bootstrap")
+
+
+def format_stat(st: Stat | None, digits: int = 1) -> str:
+    """The one cell formatter: "85.2 ±1.9" in %, "failed", "– " (not run) or "n/a" (undefined)."""
+    if st is None:
         return "–"
-    s = f"{100 * mean:.1f}"
-    if n > 1 and not np.isnan(std):
-        s += f"±{100 * std:.1f}"
+    if st.n_ok == 0:
+        return "failed"
+    s = "n/a" if not np.isfinite(st.mean) else f"{100 * st.mean:.{digits}f}"
+    if np.isfinite(st.lo) and np.isfinite(st.hi):
+        s += f" ±{100 * (st.hi - st.lo) / 2:.{digits}f}"
+    if st.n_failed:
+        s += f" ({st.n_failed} failed)"
     return s
 
 
-def summary(frame: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame:
-    """category x method -> (mean, std, n) over seeds of one metric, with an 'average' row.
-
-    The average row averages the per-seed category means, so its std is over seeds too."""
-    f = frame[(frame["dataset"] == dataset) & (frame["metric"] == metric)].copy()
-    several = f["detector"].nunique() > 1
-    f["method"] = [method_name(g, d, several) for g, d in zip(f["generator"], f["detector"])]
-    per_seed = f.pivot_table(index=["category", "seed"], columns="method", values="value", aggfunc="mean",
-                             dropna=False)
-    grouped = per_seed.groupby(level="category")
-    mean, std, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
-    avg_seed = per_seed.groupby(level="seed").mean()
-    mean.loc["average"] = avg_seed.mean()
-    std.loc["average"] = avg_seed.std(ddof=1)
-    n.loc["average"] = avg_seed.count()
-    return pd.concat({"mean": mean, "std": std, "n": n}, axis=1)
+def format_cell(sts: list[Stat | None]) -> str:
+    """One table cell: a single value, or "(image, pixel)"; a cell whose every seed failed is one
+    word, "failed"."""
+    if any(s is not None for s in sts) and all(s is None or s.n_ok == 0 for s in sts):
+        return "failed"
+    return format_stat(sts[0]) if len(sts) == 1 else "(" + ", ".join(format_stat(s) for s in sts) + ")"
 
 
-def pair_table(frame: pd.DataFrame, dataset: str, kind: str = "auroc") -> pd.DataFrame:
-    """The paper's cell shape: "(image, pixel)" strings, categories x methods."""
-    img_m, pix_m = PAIRS[kind]
-    a, b = summary(frame, dataset, img_m), summary(frame, dataset, pix_m)
-    methods = list(a["mean"].columns)
-    out = pd.DataFrame(index=a.index, columns=methods, dtype=object)
-    for cat in a.index:
-        for m in methods:
-            x = _fmt(a["mean"].at[cat, m], a["std"].at[cat, m], a["n"].at[cat, m])
-            y = _fmt(b["mean"].at[cat, m], b["std"].at[cat, m], b["n"].at[cat, m]) \
-                if (cat in b.index and m in b["mean"].columns) else "–"
-            out.at[cat, m] = f"({x}, {y})"
-    order = [c for c in out.index if c != "average"] + ["average"]
-    out = out.loc[order]
-    out.index.name = "category"
+# --------------------------------------------------------------------------- columns
+@dataclass
+class Columns:
+    """A data set's records split into table columns: label -> records, plus notes for the footer."""
+
+    records: dict[str, list[dict]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def columns(records: list[dict], dataset: str) -> Columns:
+    rs = [r for r in records if r["config"]["dataset"] == dataset]
+    check_unique(rs, ("category", "generator", "detector", "seed"))
+    several = len({r["config"]["detector"] for r in rs}) > 1
+    groups: dict[tuple, list[dict]] = {}
+    for r in rs:
+        c = r["config"]
+        rest = json.dumps({k: v for k, v in c.items() if k not in _NOT_COLUMN}, sort_keys=True, default=str)
+        groups.setdefault((c["generator"], c["detector"], rest), []).append(r)
+    out = Columns()
+    variants: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        variants.setdefault(key[:2], []).append(key)
+    for (g, d), keys in variants.items():
+        name = method_name(g, d, several)
+        if len(keys) == 1:
+            out.records[name] = groups[keys[0]]
+            continue
+        cfgs = [json.loads(k[2]) for k in keys]
+        diff = sorted(f for f in set().union(*cfgs) if len({json.dumps(c.get(f), sort_keys=True, default=str)
+                                                               for c in cfgs}) > 1)
+        for i, k in enumerate(keys, 1):
+            label = f"{name} [config {i}]"
+            out.records[label] = groups[k]
+            shown = {f: json.loads(k[2]).get(f) for f in diff}
+            out.notes.append(f"{label}: {json.dumps(shown, sort_keys=True, default=str)} "
+                             f"(different configs, kept apart)")
     return out
 
 
-def title(dataset: str, kind: str, n_seeds: int, extra: str = "") -> str:
-    what = "(image AUROC, pixel AUROC)" if kind == "auroc" else "(image AP, pixel AP)"
-    seeds = f", mean±std over {n_seeds} seeds" if n_seeds > 1 else ""
-    return f"{dataset}: {what} in %{seeds}; pixel metrics exact (not binned){extra}"
+# --------------------------------------------------------------------------- tables
+@dataclass
+class Table:
+    name: str
+    title: str
+    frame: pd.DataFrame                     # strings, categories (+ average) x columns
+    stats: dict[tuple[str, str, str], Stat]  # (row, column, metric) -> Stat
+    eligible: list[str]
+    categories: list[str]
+    notes: list[str]
+
+    def markdown(self) -> str:
+        foot = "".join(f"\n{n}" for n in self.notes)
+        return f"### {self.title}\n\n" + self.frame.to_markdown() + "\n" + (foot + "\n" if foot else "")
 
 
-def write_tables(frame: pd.DataFrame, out_dir: str | Path) -> dict[str, str]:
-    """Write Markdown, CSV and LaTeX per data set and metric kind; return {name: markdown}."""
+def _present(records: list[dict], metric: str) -> bool:
+    return any(r.get("status") == "ok" and (r.get("metrics") or {}).get(metric) is not None for r in records)
+
+
+def average_stats(cols: Columns, categories: list[str], metrics: tuple[str, ...],
+                  cell: dict[tuple[str, str, str], Stat | None]) -> tuple[list[str], dict[tuple[str, str], Stat | None]]:
+    """Categories where every column has a complete value for every metric, and each column's
+    aggregate over exactly those categories."""
+    eligible = [c for c in categories if all(cell.get((c, col, m)) is not None and cell[(c, col, m)].complete
+                                             for col in cols.records for m in metrics)]
+    avg = {}
+    for col, rs in cols.records.items():
+        sel = [r for r in rs if r["config"]["category"] in set(eligible)]
+        for m in metrics:
+            avg[(col, m)] = aggregate(sel, m) if sel else None
+    return eligible, avg
+
+
+def _cell_stats(cols: Columns, categories: list[str], metrics: tuple[str, ...]) -> dict:
+    cell = {}
+    for col, rs in cols.records.items():
+        for c in categories:
+            sel = [r for r in rs if r["config"]["category"] == c]
+            for m in metrics:
+                cell[(c, col, m)] = aggregate(sel, m)
+    return cell
+
+
+def _recipe(records: list[dict]) -> str:
+    by: dict[str, set] = {}
+    for r in records:
+        c = r["config"]
+        cfg = c.get("detector_cfg") or {}
+        by.setdefault(c["detector"], set()).add(", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) or "defaults")
+    return "; ".join(f"{d}: {' | '.join(sorted(v))}" for d, v in sorted(by.items()))
+
+
+def _joined(values) -> str:
+    return "/".join(str(v) for v in sorted(set(values), key=str))
+
+
+def interval_note(kinds: set[str], level: float = LEVEL) -> str:
+    parts = []
+    if "t" in kinds:
+        parts.append(f"± = half-width of the {100 * level:g}% t-interval over seeds")
+    if "bootstrap" in kinds:
+        parts.append(f"± = half-width of the {100 * level:g}% stratified per-image bootstrap percentile "
+                     f"interval (one seed; {N_BOOT} resamples, seed {BOOT_SEED}; good and anomalous images "
+                     f"resampled separately; pixel metrics: images resampled with their stored pixel "
+                     f"subsample, interval shifted onto the exact value)")
+    if "none" in kinds:
+        parts.append("no ± where no interval exists")
+    return "; ".join(parts) or "no intervals"
+
+
+def build_table(records: list[dict], dataset: str, kind: str, run: str = "") -> Table | None:
+    """One metric kind's table for one data set; None when no record of it has these metrics."""
+    metrics_all = KINDS[kind]
+    ds = [r for r in records if r["config"]["dataset"] == dataset]
+    present = tuple(m for m in metrics_all if _present(ds, m))
+    if not present:
+        return None
+    cols = columns(records, dataset)
+    categories = sorted({r["config"]["category"] for r in ds})
+    cell = _cell_stats(cols, categories, metrics_all)
+    eligible, avg = average_stats(cols, categories, present, cell)
+    partial = len(eligible) < len(categories)
+    avg_label = AVERAGE if not partial else f"{AVERAGE} ({len(eligible)}/{len(categories)} categories){PARTIAL_MARK}"
+    frame = pd.DataFrame(index=categories + [avg_label], columns=list(cols.records), dtype=object)
+    table_stats: dict = {}
+    for col in cols.records:
+        for c in categories:
+            frame.at[c, col] = format_cell([cell[(c, col, m)] if m in present else None for m in metrics_all])
+            table_stats.update({(c, col, m): cell[(c, col, m)] for m in metrics_all if cell[(c, col, m)]})
+        frame.at[avg_label, col] = format_cell([avg.get((col, m)) if m in present else None for m in metrics_all])
+        table_stats.update({(AVERAGE, col, m): avg[(col, m)] for m in present if avg.get((col, m))})
+    frame.index.name = "category"
+    seeds = sorted({r["config"]["seed"] for r in ds})
+    kinds = {s.interval for s in table_stats.values() if s.n_ok}
+    what = "(" + ", ".join(LABELS[m] for m in metrics_all) + ")" if len(metrics_all) == 2 else LABELS[metrics_all[0]]
+    title = (f"{dataset}: {what} in %{' — run ' + run if run else ''}; image {_joined(r['config']['image_size'] for r in ds)} px, "
+             f"eval {_joined(r['config']['eval_size'] for r in ds)} px; detector {_recipe(ds)}; "
+             f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}); "
+             f"{interval_note(kinds)}; pixel metrics exact (not binned)")
+    notes = list(cols.notes)
+    if partial:
+        left = [c for c in categories if c not in eligible]
+        notes.insert(0, f"{PARTIAL_MARK} average over the {len(eligible)} of {len(categories)} categories where "
+                        f"every column has a value (left out: {', '.join(left)})")
+    if any(s.n_failed for s in table_stats.values()):
+        notes.append("failed: every seed of that cell failed; (k failed): k seeds failed, the value is over the "
+                     "rest; errors are in the records")
+    return Table(f"{dataset}_{kind}", title, frame, table_stats, eligible, categories, notes)
+
+
+def stats_frame(t: Table) -> pd.DataFrame:
+    """The numbers behind a table, long form (for CSV)."""
+    rows = [{"category": k[0], "column": k[1], "metric": k[2], "mean": s.mean, "lo": s.lo, "hi": s.hi,
+             "n_ok": s.n_ok, "n_failed": s.n_failed, "interval": s.interval} for k, s in t.stats.items()]
+    return pd.DataFrame(rows)
+
+
+def write_tables(records: list[dict], out_dir: str | Path, run: str = "") -> dict[str, Table]:
+    """Markdown, CSV (cells and their numbers) and LaTeX per data set and metric kind."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shown: dict[str, str] = {}
-    for dataset in sorted(frame["dataset"].unique()):
-        n_seeds = frame.loc[frame["dataset"] == dataset, "seed"].nunique()
-        for kind in PAIRS:
-            t = pair_table(frame, dataset, kind)
-            name = f"{dataset}_{kind}"
-            head = title(dataset, kind, n_seeds)
-            md = f"### {head}\n\n" + t.to_markdown() + "\n"
-            (out_dir / f"{name}.md").write_text(md)
-            t.to_csv(out_dir / f"{name}.csv")
-            (out_dir / f"{name}.tex").write_text(
-                f"% {head}\n" + t.to_latex(escape=True, caption=head, label=f"tab:{name}"))
-            shown[name] = md
-    return shown
+    out: dict[str, Table] = {}
+    for dataset in sorted({r["config"]["dataset"] for r in records}):
+        for kind in KINDS:
+            t = build_table(records, dataset, kind, run)
+            if t is None:
+                continue
+            (out_dir / f"{t.name}.md").write_text(t.markdown())
+            t.frame.to_csv(out_dir / f"{t.name}.csv")
+            stats_frame(t).to_csv(out_dir / f"{t.name}_numbers.csv", index=False)
+            (out_dir / f"{t.name}.tex").write_text(
+                f"% {t.title}\n" + t.frame.to_latex(escape=True, caption=t.title, label=f"tab:{t.name}"))
+            out[t.name] = t
+    return out
+
+
+def method_summary(records: list[dict], metric: str) -> pd.DataFrame:
+    """Per data set and column: the table's average-row Stat of ``metric`` (same categories for
+    every column), for bar charts. Columns: dataset, method, generator, detector, mean, lo, hi,
+    interval, n_categories, n_all."""
+    rows = []
+    for dataset in sorted({r["config"]["dataset"] for r in records}):
+        ds = [r for r in records if r["config"]["dataset"] == dataset]
+        if not _present(ds, metric):
+            continue
+        cols = columns(records, dataset)
+        cats = sorted({r["config"]["category"] for r in ds})
+        eligible, avg = average_stats(cols, cats, (metric,), _cell_stats(cols, cats, (metric,)))
+        for col, rs in cols.records.items():
+            s = avg.get((col, metric))
+            c = rs[0]["config"]
+            rows.append({"dataset": dataset, "method": col, "generator": c["generator"], "detector": c["detector"],
+                         "mean": s.mean if s else math.nan, "lo": s.lo if s else math.nan,
+                         "hi": s.hi if s else math.nan, "interval": s.interval if s else "none",
+                         "n_categories": len(eligible), "n_all": len(cats)})
+    return pd.DataFrame(rows, columns=["dataset", "method", "generator", "detector", "mean", "lo", "hi",
+                                       "interval", "n_categories", "n_all"])

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.plots import DPI, bars_by_method, method_summary, pair_grid, roc_curves
+from benchmark.plots import DPI, bars_by_method, error_bars, pair_grid, roc_curves
 from generators.base import Pair
 
 
@@ -14,37 +14,29 @@ def png_hw(path):
     return img.shape[:2], img
 
 
-def results(seed=0):
+def results(seed=0, with_interval=True):
+    """A `tables.method_summary`-shaped frame: mean and interval bounds per data set and method."""
     rng = np.random.default_rng(seed)
     rows = []
     for ds in ["mvtec_ad", "mpdd"]:
-        for cat in ["a", "b"]:
-            for gen in ["cutpaste", "dhdiff"]:
-                for det in ["unet", "patchcore"]:
-                    for s in range(3):
-                        rows.append(dict(dataset=ds, category=cat, generator=gen, detector=det, seed=s,
-                                         image_auroc=rng.uniform(0.6, 1.0)))
+        for gen in ["cutpaste", "dhdiff"]:
+            for det in ["unet", "patchcore"]:
+                m = rng.uniform(0.6, 0.9)
+                h = rng.uniform(0.01, 0.05) if with_interval else np.nan
+                rows.append(dict(dataset=ds, method=f"{gen} / {det}", generator=gen, detector=det, mean=m,
+                                 lo=m - h, hi=m + 2 * h, interval="t", n_categories=2, n_all=2))
     return pd.DataFrame(rows)
 
 
-def test_method_summary_means_over_categories_then_seeds():
-    df = pd.DataFrame(dict(dataset="d", category=["a", "b", "a", "b"], generator="g", detector="u",
-                           seed=[0, 0, 1, 1], image_auroc=[0.6, 0.8, 0.9, 0.9]))
-    s = method_summary(df)
-    assert len(s) == 1
-    assert s["mean"].iloc[0] == pytest.approx((0.7 + 0.9) / 2)
-    assert s["std"].iloc[0] == pytest.approx(np.std([0.7, 0.9], ddof=1))
-    assert s["n_seeds"].iloc[0] == 2
-
-
-def test_method_summary_nan_skipped_and_no_seed_column():
-    df = pd.DataFrame(dict(dataset="d", category=["a", "a", "a", "b"], generator=["g", "g", "h", "h"],
-                           detector="u", image_auroc=[0.5, 0.7, np.nan, np.nan]))
-    s = method_summary(df)
-    assert list(s["generator"]) == ["g"]  # h has no finite value: no bar
-    assert s["n_seeds"].iloc[0] == 2 and s["mean"].iloc[0] == pytest.approx(0.6)
-    with pytest.raises(ValueError, match="pixel_ap"):
-        method_summary(df, "pixel_ap")
+def test_error_bars_only_from_intervals():
+    df = results()
+    below, above = error_bars(df)
+    assert below == pytest.approx(df["mean"] - df["lo"]) and above == pytest.approx(df["hi"] - df["mean"])
+    df.loc[0, ["lo", "hi"]] = np.nan  # one seed, nothing to resample: no error bar, not a zero one
+    below, above = error_bars(df)
+    assert np.isnan(below[0]) and np.isnan(above[0]) and np.isfinite(below[1:]).all()
+    with pytest.raises(ValueError, match="lo"):
+        error_bars(df.drop(columns="lo"))
 
 
 def test_bars_by_method_png(tmp_path):
@@ -58,12 +50,16 @@ def test_bars_by_method_png(tmp_path):
     assert h1 == h and w1 * 2 == pytest.approx(w, abs=2)
 
 
-def test_bars_by_method_nan_values(tmp_path):
-    df = results()
-    df.loc[df.generator == "dhdiff", "image_auroc"] = np.nan
-    df.loc[df.dataset == "mpdd", "image_auroc"] = np.nan  # a whole subplot without values
+def test_bars_by_method_nan_values_and_no_intervals(tmp_path):
+    df = results(with_interval=False)
+    df.loc[df.generator == "dhdiff", "mean"] = np.nan
+    df.loc[df.dataset == "mpdd", "mean"] = np.nan  # a whole subplot without values
     (h, w), _ = png_hw(bars_by_method(df, tmp_path / "nan.png"))
     assert h == round(3.6 * DPI)
+    # error bars change the picture only where an interval exists
+    a = png_hw(bars_by_method(results(with_interval=False), tmp_path / "a.png"))[1]
+    b = png_hw(bars_by_method(results(with_interval=True), tmp_path / "b.png"))[1]
+    assert a.shape == b.shape and not np.array_equal(a, b)
 
 
 def test_roc_curves_png(tmp_path):

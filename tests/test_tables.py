@@ -1,0 +1,186 @@
+"""Tables, report and comparisons from hand-made records: intervals, failed cells, honest averages."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark import compare, stats, tables
+from benchmark.metrics import auroc as exact_auroc
+from benchmark.config import ConfigError
+
+
+def make_record(category="a", generator="g", detector="unet", seed=0, *, dataset="ds", status="ok",
+                n_good=30, n_bad=20, shift=1.0, rng_seed=None, pixels=8, metrics=None, cfg=None):
+    """A record as runner/cell write it, with per-image scores whose AUROC we know."""
+    rng = np.random.default_rng(hash((category, generator, seed)) % 2**32 if rng_seed is None else rng_seed)
+    labels = np.r_[np.zeros(n_good, int), np.ones(n_bad, int)]
+    score = labels * shift + rng.normal(0, 1, labels.size)
+    config = {"dataset": dataset, "category": category, "generator": generator, "detector": detector,
+              "seed": seed, "image_size": 64, "eval_size": 64, "detector_cfg": {"steps": 10, "base_width": 8},
+              "generator_cfg": {}, "device": "cpu", "threads": 1, **(cfg or {})}
+    rec = {"hash": f"{dataset}-{category}-{generator}-{detector}-{seed}-{status}", "config": config,
+           "status": status}
+    if status != "ok":
+        rec["error"] = "RuntimeError: boom"
+        return rec
+    plab = np.zeros((labels.size, pixels), int)
+    plab[labels == 1, : pixels // 2] = 1
+    pscore = plab * shift + rng.normal(0, 1, plab.shape)
+    rec["eval"] = {"image_id": [f"img{i}" for i in range(labels.size)], "label": labels.tolist(),
+                   "defect_type": ["good" if y == 0 else "cut" for y in labels], "score": score.tolist(),
+                   "pixel_sample": {"k": pixels, "label": plab.tolist(), "score": pscore.tolist()}}
+    m = {"image_auroc": exact_auroc(labels, score), "pixel_auroc": exact_auroc(plab, pscore) + 0.01,
+         "image_ap": stats.curve_value(labels, score, "ap"), "pixel_ap": 0.5, "pixel_aupro": 0.6,
+         "image_f1max": stats.curve_value(labels, score, "f1max"), "pixel_f1max": None}
+    m.update(metrics or {})
+    rec["metrics"] = m
+    return rec
+
+
+def grid(categories=("a", "b", "c"), generators=("g", "h"), seeds=(0,), **kw):
+    return [make_record(c, g, seed=s, **kw) for c in categories for g in generators for s in seeds]
+
+
+def test_aggregate_t_interval_over_seeds():
+    recs = [make_record("a", "g", seed=s, metrics={"image_auroc": v}) for s, v in enumerate([0.7, 0.8, 0.9])]
+    st = tables.aggregate(recs, "image_auroc")
+    h = 4.302652729911275 * 0.1 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
+    assert st.interval == "t" and st.n_ok == 3
+    assert st.mean == pytest.approx(0.8) and st.lo == pytest.approx(0.8 - h) and st.hi == pytest.approx(0.8 + h)
+    assert tables.format_stat(st) == f"80.0 ±{100 * h:.1f}"
+
+
+def test_aggregate_one_seed_bootstrap_matches_stats():
+    r = make_record("a", "g")
+    st = tables.aggregate([r], "image_auroc")
+    e = r["eval"]
+    ref = stats.bootstrap_interval(e["label"], e["score"], "image_auroc", n_boot=1000, seed=0)
+    assert st.interval == "bootstrap" and (st.mean, st.lo, st.hi) == pytest.approx(ref, abs=1e-12)
+    # pixel interval: from the pixel subsample, shifted onto the exact recorded value (+0.01 here)
+    sp = tables.aggregate([r], "pixel_auroc")
+    ps = e["pixel_sample"]
+    est, lo, hi = stats.bootstrap_interval(ps["label"], ps["score"], "pixel_auroc", strata=e["label"])
+    assert sp.mean == pytest.approx(est + 0.01) and sp.lo == pytest.approx(lo + 0.01) and sp.hi == pytest.approx(hi + 0.01)
+    # AUPRO cannot be resampled from scores: value without an interval
+    sa = tables.aggregate([r], "pixel_aupro")
+    assert sa.interval == "none" and tables.format_stat(sa) == "60.0"
+
+
+def test_aggregate_no_interval_when_scores_do_not_give_the_recorded_metric():
+    r = make_record("a", "g", metrics={"image_auroc": 0.5})  # e.g. LOCO's per-group average
+    st = tables.aggregate([r], "image_auroc")
+    assert st.interval == "none" and math.isnan(st.lo) and st.mean == 0.5
+
+
+def test_failed_cell_shown_and_average_over_complete_categories():
+    recs = grid() + [make_record("d", "g"), make_record("d", "h", status="failed")]
+    t = tables.build_table(recs, "ds", "auroc", run="quick")
+    assert t.frame.at["d", "h"] == "failed"
+    assert t.eligible == ["a", "b", "c"]
+    avg_row = t.frame.index[-1]
+    assert avg_row == "average (3/4 categories)†"
+    assert any("left out: d" in n for n in t.notes)
+    # the average is over a, b, c only, for every column alike
+    mean_g = np.mean([t.stats[(c, "g", "image_auroc")].mean for c in "abc"])
+    assert t.stats[("average", "g", "image_auroc")].mean == pytest.approx(mean_g)
+    assert "stratified per-image bootstrap" in t.title and "run quick" in t.title
+    assert "unet: base_width=8, steps=10" in t.title and "1 seed (0)" in t.title and "image 64 px" in t.title
+    md = t.markdown()
+    assert "failed" in md and "†" in md
+
+
+def test_missing_category_gives_partial_average_and_full_one_otherwise():
+    recs = grid() + [make_record("d", "g")]  # h never ran on d
+    t = tables.build_table(recs, "ds", "auroc")
+    assert t.frame.at["d", "h"] == "(–, –)" and t.frame.index[-1].startswith("average (3/4")
+    full = tables.build_table(grid(), "ds", "auroc")
+    assert full.frame.index[-1] == "average" and not any("†" in n for n in full.notes)
+
+
+def test_partly_failed_seeds_and_t_interval_header():
+    recs = grid(seeds=(0, 1, 2)) + [make_record("a", "g", seed=3, status="failed")]
+    t = tables.build_table(recs, "ds", "ap")
+    img, pix = t.frame.at["a", "g"][1:-1].split(", ")
+    assert img.endswith(" (1 failed)") and "±" in img and pix == "50.0 ±0.0 (1 failed)"
+    assert "t-interval over seeds" in t.title and "4 seeds" in t.title
+    assert t.eligible == ["b", "c"]  # a has a failed seed in column g
+
+
+def test_duplicate_config_refused_naming_both_files():
+    recs = grid() + [make_record("a", "g", cfg={"image_size": 128})]
+    recs[-1]["hash"] = "other"
+    with pytest.raises(ConfigError, match=r"cells/ds-a-g-unet-0-ok\.json and cells/other\.json"):
+        tables.build_table(recs, "ds", "auroc")
+
+
+def test_different_configs_are_separate_columns():
+    recs = grid(categories=("a",), generators=("g",)) + [make_record("a", "g", seed=1, cfg={"image_size": 128})]
+    cols = tables.columns(recs, "ds")
+    assert sorted(cols.records) == ["g [config 1]", "g [config 2]"]
+    assert all(len(v) == 1 for v in cols.records.values()) and "image_size" in cols.notes[0]
+
+
+def test_write_tables_kinds(tmp_path):
+    out = tables.write_tables(grid(), tmp_path, run="r")
+    assert sorted(out) == ["ds_ap", "ds_aupro", "ds_auroc", "ds_f1max"]  # no sPRO without LOCO metrics
+    assert (tmp_path / "ds_auroc_numbers.csv").is_file() and (tmp_path / "ds_aupro.md").is_file()
+    f1 = out["ds_f1max"].frame.at["a", "g"]
+    assert f1.startswith("(") and f1.endswith(", –)")  # image F1-max with its interval; no pixel F1-max recorded
+    assert "image F1-max" in out["ds_f1max"].title
+
+
+def test_method_summary_feeds_bars_with_table_intervals():
+    recs = grid(seeds=(0, 1))
+    s = tables.method_summary(recs, "image_auroc")
+    t = tables.build_table(recs, "ds", "auroc")
+    for _, row in s.iterrows():
+        st = t.stats[("average", row["method"], "image_auroc")]
+        assert (row["mean"], row["lo"], row["hi"]) == (st.mean, st.lo, st.hi)
+
+
+def test_compare_known_difference_and_none():
+    good = [make_record(c, "good", seed=s, shift=2.0, rng_seed=10 * s + i) for i, c in enumerate("abc") for s in (0, 1)]
+    bad = [make_record(c, "bad", seed=s, shift=0.3, rng_seed=10 * s + i) for i, c in enumerate("abc") for s in (0, 1)]
+    df = compare.compare_runs(good + bad, "good", "bad", metrics=("image_auroc", "pixel_auroc", "pixel_aupro"))
+    boot = df[(df.metric == "image_auroc") & (df.test.str.startswith("paired"))].iloc[0]
+    truth = np.mean([r1["metrics"]["image_auroc"] - r2["metrics"]["image_auroc"] for r1, r2 in zip(good, bad)])
+    assert boot["delta"] == pytest.approx(truth) and boot["lo"] < truth < boot["hi"] and boot["p"] < 0.01
+    assert (boot["n_cells"], boot["n_categories"], boot["n_seeds"]) == (6, 3, 2)
+    delong = df[df.test == "DeLong"].iloc[0]
+    assert delong["delta"] == pytest.approx(truth) and delong["p"] < 0.01
+    assert df[df.metric == "pixel_aupro"].iloc[0]["test"] == "none"
+    # A against itself under another name: no difference, p = 1
+    same = [dict(r, config=dict(r["config"], generator="twin"), hash=r["hash"] + "t") for r in good]
+    df0 = compare.compare_runs(good + same, "good", "twin", metrics=("image_auroc",))
+    assert df0.iloc[0]["delta"] == 0 and df0.iloc[0]["p"] == 1.0
+    md = compare.compare_markdown(df, run="r")
+    assert "good − bad" in md and "DeLong" in md
+
+
+def test_compare_refuses_other_eval_images():
+    a = make_record("a", "g")
+    b = make_record("a", "h")
+    b["eval"]["image_id"][0] = "elsewhere"
+    with pytest.raises(ConfigError, match="not evaluated on the same images"):
+        compare.compare_runs([a, b], "g", "h")
+    c = make_record("a", "h", cfg={"eval_size": 128})
+    with pytest.raises(ConfigError, match="differ in eval_size"):
+        compare.compare_runs([a, c], "g", "h")
+
+
+def test_ranking_marks_ties_with_best():
+    recs = []
+    for i, c in enumerate("abcd"):
+        recs.append(make_record(c, "best", shift=3.0, rng_seed=i, n_good=60, n_bad=60))
+        recs.append(make_record(c, "twin", shift=3.0, rng_seed=i + 100, n_good=60, n_bad=60))
+        recs.append(make_record(c, "poor", shift=0.0, rng_seed=i + 200, n_good=60, n_bad=60))
+    r = compare.ranking(recs, "ds", "image_auroc")
+    assert list(r["method"])[2] == "poor" and set(r["method"][:2]) == {"best", "twin"}
+    assert r["same_as_best"].tolist() == [True, True, False]
+    assert r["p_holm"].iloc[2] < 0.01
+    p_twin, p_poor = r["p"].iloc[1], r["p"].iloc[2]
+    assert r["p_holm"].iloc[2] == pytest.approx(min(1, 2 * p_poor))  # smallest of 2: times 2
+    assert r["p_holm"].iloc[1] == pytest.approx(min(1, max(p_twin, 2 * p_poor)))
+    md = compare.ranking_markdown(r, "ds", "image_auroc")
+    assert "Holm" in md and "| 3 | poor |" in md
