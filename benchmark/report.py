@@ -146,7 +146,7 @@ def build_report(run_dir: str | Path, console: Console | None = None, figures: b
         if pub.empty:
             continue
         head = "Published in the DH-Diff paper (not computed here) for the same categories"
-        md = f"\n#### {head}\n\n" + pub.to_markdown() + "\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
+        md = f"\n#### {head}\n\n" + pub.to_markdown() + "\n" + "".join(f"\n{n}\n" for n in notes)
         pub.to_csv(out / f"{name}_published.csv")
         with open(out / f"{name}.md", "a") as f:
             f.write(md)

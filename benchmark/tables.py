@@ -168,8 +168,8 @@ class Table:
     notes: list[str]
 
     def markdown(self) -> str:
-        foot = "".join(f"\n{n}" for n in self.notes)
-        return f"### {self.title}\n\n" + self.frame.to_markdown() + "\n" + (foot + "\n" if foot else "")
+        foot = "".join(f"\n{n}\n" for n in self.notes)  # one paragraph per note
+        return f"### {self.title}\n\n" + self.frame.to_markdown() + "\n" + foot
 
 
 def _present(records: list[dict], metric: str) -> bool:

@@ -134,3 +134,32 @@ def test_load_reference_rejects_bad_rows(tmp_path):
         load_reference(tmp_path / "dup.csv")
     with pytest.raises(ValueError, match="does not exist"):
         load_reference(tmp_path / "missing.csv")
+
+
+def test_published_summary_same_categories_and_printed_mismatch(ref):
+    from benchmark.reference import published_summary
+
+    s = published_summary("mvtec_ad", ["bottle", "carpet"], "pixel_auroc", tables=["II"], reference=ref)
+    draem = s.loc["published: DRAEM [58] (Table II)"]
+    rows = [cell(ref, "II", "mvtec_ad", c, "DRAEM [58]", "pixel_auroc") for c in ("bottle", "carpet")]
+    assert draem["same_mean"] == pytest.approx(sum(rows) / 2) and draem["n_same"] == 2
+    # DRAEM's printed Table II average 98.7 is not the mean of its 15 rows (92.5): flagged
+    assert draem["printed_average"] == 98.7 and draem["rows_mean"] == pytest.approx(92.46, abs=0.01)
+    assert draem["printed_mismatch"] is True
+    assert s.loc["published: Ours (Table II)", "printed_mismatch"] is False  # 99.2, within rounding
+    # Table V prints only an MPDD average: no mean over our categories can be formed
+    v = published_summary("mpdd", ["tubes"], "image_auroc", reference=ref)
+    assert math.isnan(v.loc["published: RealNet [65] (Table V)", "same_mean"])
+    assert v.loc["published: Ours (Table III)", "same_mean"] == 98.2
+    assert published_summary("synthetic", ["a"], "image_auroc", reference=ref).empty
+
+
+def test_report_published_rows_average_over_our_categories():
+    from benchmark.report import MISMATCH_MARK, _published_pairs
+
+    pub, notes = _published_pairs("mvtec_ad", ["bottle", "carpet", "wood"], ["bottle", "carpet"], "auroc")
+    col = "published: DRAEM [58] (Table II)"
+    assert pub.at["bottle", col] == "(99.3, 96.7)"
+    assert pub.at["average over the same 2 categories (from the paper's rows)", col] == "(97.3, 94.7)"
+    assert pub.at["average as printed (all categories)", col] == f"(94.6, 98.7{MISMATCH_MARK})"
+    assert any("DRAEM [58] (Table II), pixel_auroc: printed average 98.7" in n for n in notes)

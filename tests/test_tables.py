@@ -184,3 +184,30 @@ def test_ranking_marks_ties_with_best():
     assert r["p_holm"].iloc[1] == pytest.approx(min(1, max(p_twin, 2 * p_poor)))
     md = compare.ranking_markdown(r, "ds", "image_auroc")
     assert "Holm" in md and "| 3 | poor |" in md
+
+
+def test_compare_cli_prints_markdown(tmp_path, capsys):
+    import argparse
+
+    from benchmark import store
+    from benchmark.config import RECORD_SCHEMA, CellConfig
+
+    run_dir = tmp_path / "runs" / "r1"
+    for g, shift in (("good", 2.0), ("bad", 0.2)):
+        r = make_record("a", g, shift=shift, rng_seed=1)
+        cfg = CellConfig(dataset="ds", category="a", generator=g, detector="unet", seed=0)
+        r.update(config=cfg.to_dict(), hash=cfg.hash(), schema=RECORD_SCHEMA)
+        store.write_record(run_dir, r)
+    ap = argparse.ArgumentParser()
+    compare.add_parser(ap.add_subparsers(dest="cmd"))
+    args = ap.parse_args(["compare", "r1", "good", "bad", "--metric", "image_auroc", "--results-dir",
+                          str(tmp_path / "runs")])
+    assert compare.run(args, None) == 0
+    out = capsys.readouterr().out
+    assert "r1: good − bad" in out and "| image_auroc | DeLong |" in out and "1 cells (1 categories × 1 seed)" in out
+    args = ap.parse_args(["compare", "r1", "good", "nope", "--results-dir", str(tmp_path / "runs")])
+    assert compare.run(args, None) == 2
+    assert "no successful cell of generator 'nope'" in capsys.readouterr().err
+    args = ap.parse_args(["compare", "r1", "good", "bad", "--metric", "pixel_apx", "--results-dir",
+                          str(tmp_path / "runs")])
+    assert compare.run(args, None) == 2 and "--metric pixel_apx not in the records" in capsys.readouterr().err
