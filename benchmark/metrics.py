@@ -11,26 +11,27 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "UndefinedMetricWarning",
+    "SPRO_FPR_LIMITS",
     "DefectConfig",
+    "UndefinedMetricWarning",
+    "aupro",
     "auroc",
     "average_precision",
     "f1_max",
-    "aupro",
-    "spro",
     "image_metrics",
-    "pixel_metrics",
-    "match_size",
     "load_defects_config",
-    "SPRO_FPR_LIMITS",
+    "match_size",
+    "pixel_metrics",
+    "spro",
 ]
 
 SPRO_FPR_LIMITS = (0.01, 0.05, 0.1, 0.3, 1.0)
@@ -92,7 +93,7 @@ class _Split:
     neg: np.ndarray
 
     @classmethod
-    def of(cls, y: np.ndarray, s: np.ndarray) -> "_Split":
+    def of(cls, y: np.ndarray, s: np.ndarray) -> _Split:
         return cls(np.sort(s[y]), np.sort(s[~y]))
 
     def one_class(self, metric: str) -> bool:
@@ -180,7 +181,7 @@ def _overlap_curve(
     order = np.argsort(pos, kind="stable")
     pos_sorted = pos[order]
     suffix = np.r_[np.cumsum(weight[order][::-1])[::-1], 0.0]  # suffix[i] = sum(weight[i:])
-    k = min(n, int(math.floor(fpr_max * n)) + 1)  # FPR(>= k-th largest) > fpr_max
+    k = min(n, math.floor(fpr_max * n) + 1)  # FPR(>= k-th largest) > fpr_max
     top = neg_sorted[n - k :]
     first = np.searchsorted(neg_sorted, top[0], side="left")  # whole tie run of the k-th largest
     top = neg_sorted[first:][::-1]  # descending

@@ -156,7 +156,8 @@ def test_pixel_sample_same_positions_for_every_generator(tmp_path):
     index = np.broadcast_to(np.arange(32 * 32, dtype=np.float64).reshape(32, 32), masks.shape)
 
     def sample(seed, generator, maps):
-        return E.evaluate_with_sample(_cfg(32, seed, generator), adapter, ev, scores, maps, masks).pixel_sample
+        cfg = _cfg(32, seed, generator)
+        return E.evaluate_with_sample(cfg, adapter, ev, scores, maps, masks).pixel_sample
 
     s = sample(0, "cutpaste", index)  # each score reveals its pixel position
     assert s["k"] == 256 and len(s["score"]) == len(s["label"]) == len(ev)
@@ -174,7 +175,7 @@ def test_pixel_sample_same_positions_for_every_generator(tmp_path):
 
 def test_pixel_sample_size_and_image_level(tmp_path):
     _, adapter, ev = _loco(tmp_path)
-    scores, maps, masks = _outputs(ev, 32)
+    scores, maps, _masks = _outputs(ev, 32)
     cfg = _cfg(8)
     small = np.stack([load_mask(tuple(mp), 8) for mp in ev["mask_paths"]])
     s = E.evaluate_with_sample(cfg, adapter, ev, scores, maps, small).pixel_sample
