@@ -194,3 +194,26 @@ def test_one_class_evaluation_is_nan_with_a_warning(tmp_path):
         res = E.evaluate_with_sample(_cfg(32), adapter, good, scores, maps, masks)
     assert math.isnan(res.metrics["image_auroc"]) and math.isnan(res.metrics["pixel_auroc"])
     assert any("undefined" in w for w in res.warnings)
+
+
+def test_loco_cell_without_defects_config_keeps_its_metrics(tmp_path):
+    # The whole cell (train, predict, evaluate): before, it trained and then failed, losing
+    # every metric; now it is ok with AU-sPRO None.
+    from benchmark.cell import run_cell
+    from benchmark.config import build_config
+    from benchmark.runner import plan
+
+    root = L.make_mvtec_loco_tree(tmp_path / "loco", n_train=6, n_good=3, size=32)
+    (root / CAT / "defects_config.json").unlink()
+    over = {"datasets": "mvtec_loco", "data_root": str(root), "results_dir": str(tmp_path / "runs"),
+            "run": "t", "generators": "cutpaste"}
+    tiny = ["detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}", "pairs_per_defect=3",
+            "image_size=32", "eval_size=32"]
+    cfg = build_config("quick", None, over, tiny)
+    cfg.cache_dir = str(tmp_path / "cache")
+    with pytest.warns(E.EvaluationWarning, match="defects_config.json"):
+        rec = run_cell(plan(cfg).cells[0], tmp_path / "cache")
+    assert rec["status"] == "ok", rec.get("traceback")
+    m = rec["metrics"]
+    assert m["pixel_spro@0.05"] is None and m["pixel_spro@0.05_logical"] is None
+    assert 0 <= m["image_auroc"] <= 1 and 0 <= m["pixel_auroc"] <= 1 and 0 <= m["image_ap_logical"] <= 1
