@@ -61,10 +61,13 @@ class Evaluation(NamedTuple):
 
 
 def eval_config(cfg: CellConfig) -> EvalConfig:
+    """The cell's evaluation options; defaults until the cell config carries an ``eval`` mapping."""
     return build(EvalConfig, dict(getattr(cfg, "eval", None) or {}), where="eval")
 
 
 def resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """Maps at size x size (bilinear): detectors emit maps at their own resolution, pixel
+    metrics are declared at one evaluation size."""
     if maps.shape[-2:] == (size, size):
         return maps.astype(np.float32)
     return np.stack([cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
