@@ -1,7 +1,9 @@
 """Generation-quality metrics per generator and defect type (see design/EVALUATION.md).
 
-Weight-free numbers are always computed (mask binariness, mask-area statistics against the real
-few-shot masks, change outside the mask for generators that edit a normal image). Inception
+Weight-free numbers are always computed, for every generator (mask binariness, mask-area
+statistics against the real few-shot masks, change outside the mask and mask-image agreement for
+generators that edit a normal image, distance of each generated defect to its nearest few-shot
+reference and the share of near-copies). Inception
 Score and IC-LPIPS need pretrained networks, which this project only ever loads from local
 paths named in the ``quality`` config section; with no path they are ``None``.
 """
@@ -25,6 +27,8 @@ __all__ = [
     "mask_binariness",
     "mask_area_stats",
     "outside_mask_change",
+    "mask_image_agreement",
+    "copy_distance",
     "inception_score",
     "inception_score_from_logits",
     "ic_lpips",
@@ -50,6 +54,9 @@ class QualityConfig:
     ic_lpips_cap: int = 50          # AnomalyDiffusion: up to 50 random members per cluster
     is_splits: int = 10             # torch-fidelity default
     outside_tol: int = 2            # uint8 levels; absorbs rounding of blended edits
+    agreement_margin: int = 8       # px around the mask that count as the edited neighbourhood
+    copy_size: int = 24             # defect crops compared at this side (copy_distance)
+    copy_threshold: float = 0.05    # mean abs difference in [0, 1] below which a defect is a near-copy
     batch_size: int = 16
     device: str = "cpu"
     seed: int = 0
@@ -154,6 +161,106 @@ def outside_mask_change(images: Any, sources: Any, masks: Any, tol: int = 2) -> 
         changed += int(np.count_nonzero((diff > tol) & out_m))
         outside += int(np.count_nonzero(out_m))
     return changed / outside if outside else math.nan
+
+
+def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    import cv2
+
+    if px <= 0:
+        return mask.copy()
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+def change_map(image: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Largest per-channel absolute difference, as float (uint8 levels)."""
+    d = np.abs(np.asarray(image, np.float32) - np.asarray(source, np.float32))
+    return d.max(axis=2) if d.ndim == 3 else d
+
+
+def mask_image_agreement(images: Any, sources: Any, masks: Any, margin: int = 8) -> float | None:
+    """Mean over pairs of the pixel AUROC of the change map |generated - source| against the
+    generated mask, inside the edited neighbourhood (the mask dilated by ``margin`` px).
+
+    Why: a mask that says "defect" where the image did not change (or the reverse) teaches a
+    detector the wrong pixels; this measures it on the pair itself, without a detector. Only
+    the neighbourhood counts, so the untouched rest of the image does not inflate the value.
+    Caveat: a generator that blends only inside a (dilated) mask scores high partly by
+    construction; compare it on the values, not on the absolute level. Pairs whose mask is
+    empty or fills the neighbourhood are skipped; None when no pair is left.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    ims, srcs, ms = _stack(images, "images"), _stack(sources, "sources"), _stack(masks, "masks")
+    if not len(ims) == len(srcs) == len(ms):
+        raise ValueError(f"images, sources and masks differ in length: {len(ims)}, {len(srcs)}, {len(ms)}")
+    values = []
+    for k, (im, src, m) in enumerate(zip(ims, srcs, ms)):
+        if im.shape != src.shape or im.shape[:2] != m.shape[:2]:
+            raise ValueError(f"pair {k}: image {im.shape}, source {src.shape} and mask {m.shape} disagree")
+        m = _binary(m)
+        hood = _dilate(m, margin)
+        if not m.any() or m[hood].all():
+            continue
+        values.append(float(roc_auc_score(m[hood], change_map(im, src)[hood])))
+    return float(np.mean(values)) if values else None
+
+
+def _defect_crop(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mask's bounding box of the image, pixels outside the mask zeroed, resized to size."""
+    import cv2
+
+    m = _binary(np.asarray(mask))
+    ys, xs = np.nonzero(m)
+    if not len(ys):
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    im = np.asarray(image, np.float32)[y0:y1, x0:x1] / 255.0
+    if im.ndim == 2:
+        im = im[..., None]
+    mk = m[y0:y1, x0:x1].astype(np.float32)
+    im = cv2.resize(im * mk[..., None], (size, size), interpolation=cv2.INTER_AREA).reshape(size, size, -1)
+    mk = cv2.resize(mk, (size, size), interpolation=cv2.INTER_AREA)
+    return im, mk
+
+
+def copy_distance(generated: Sequence[Any], references: Sequence[Any], size: int = 24,
+                  threshold: float = 0.05) -> dict[str, float | None]:
+    """How close each generated defect is to its nearest few-shot reference defect.
+
+    Each defect (the mask's bounding box, pixels outside the mask zeroed) is resized to
+    ``size`` x ``size``; the distance is the mean absolute difference in [0, 1] over the pixels
+    either mask covers, minimised over the 8 flips/quarter-turns of the generated crop (so a
+    pasted, flipped or rotated reference counts as a copy) and over the references.
+    Returns the mean distance and the share of near-copies (distance < ``threshold``): a
+    generator that pastes its references shows a share near 1 (Crop&Paste by design).
+    """
+    refs = [c for c in (_defect_crop(_field(p, "image"), _field(p, "mask"), size) for p in references
+                        if _field(p, "mask") is not None) if c is not None]
+    if not refs:
+        return {"copy_dist_mean": None, "copy_share": None}
+    dists = []
+    for p in generated:
+        g = _defect_crop(_field(p, "image"), _field(p, "mask"), size)
+        if g is None:
+            continue
+        best = math.inf
+        for k in range(8):
+            gi, gm = np.rot90(g[0], k % 4), np.rot90(g[1], k % 4)
+            if k >= 4:
+                gi, gm = gi[:, ::-1], gm[:, ::-1]
+            for ri, rm in refs:
+                if ri.shape[-1] != gi.shape[-1]:
+                    continue
+                union = np.maximum(gm, rm) > 0.25
+                if union.any():
+                    best = min(best, float(np.abs(gi - ri).mean(axis=-1)[union].mean()))
+        if math.isfinite(best):
+            dists.append(best)
+    if not dists:
+        return {"copy_dist_mean": None, "copy_share": None}
+    d = np.array(dists)
+    return {"copy_dist_mean": float(d.mean()), "copy_share": float((d < threshold).mean())}
 
 
 # --------------------------------------------------------------------------- weights
@@ -399,6 +506,9 @@ def quality_report(pairs_by_defect: Mapping[str, Sequence[Any]], real_by_defect:
             "area_mean_real": area["area_mean_real"],
             "area_w1": area["area_w1"],
             "outside_change": outside_mask_change(images, src, masks, q.outside_tol) if src is not None else None,
+            "mask_image_agreement": mask_image_agreement(images, src, masks, q.agreement_margin)
+            if src is not None else None,
+            **copy_distance(pairs, real, q.copy_size, q.copy_threshold),
             "is": inception_score(images, q.inception_weights, q.is_splits, q.batch_size, q.device)
             if q.inception_weights else None,
             "ic_lpips": None,

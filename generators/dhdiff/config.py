@@ -1,135 +1,134 @@
-"""DH-Diff configuration: one dataclass, scale presets, the quick config.
+"""DH-Diff configuration: one dataclass built by ``benchmark.schema.build``, scale presets.
 
-Defaults are the paper's values where the paper gives one (Adam, lr 1e-4, batch 32, K = 5,
-DDA+SSM in every encoder block and every other decoder block); the ``tiny`` scale starts from
-the QUICK preset below (or configs/dhdiff_quick.yaml), sized to train and sample one category
-on 2 CPU cores in minutes.
+Why a resolved dataclass: the runner keys the generated-set cache on ``asdict(gen.config)``, so
+``gen.config`` must hold every value that shapes the output, including the ones that came from
+``configs/dhdiff_quick.yaml`` (the default of the ``tiny`` scale) or from ``SD_PRESET``. Editing
+the YAML therefore changes the key and regenerates.
+
+Defaults are the paper's where it gives one (Adam, lr 1e-4, batch 32, K = 5, DDA+SSM in every
+encoder block and every other decoder block, pure-noise start). The quick YAML trades steps and
+widths for the CPU budget and says why.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from benchmark.schema import ConfigError, build, option
 
 QUICK_YAML = Path(__file__).resolve().parents[2] / "configs" / "dhdiff_quick.yaml"
 
 
 @dataclass
 class DHDiffConfig:
-    scale: str = "tiny"                 # "tiny" (pixel space, from scratch) | "sd" (latent, local SD-1.x folder)
-    mode: str = ""                      # "patch" | "full"; "" -> patch at tiny, full at sd
-    # --- backbone (tiny scale; ignored at sd, where the checkpoint decides) ---
-    widths: tuple[int, ...] = (16, 32, 48)
-    attn_levels: tuple[bool, ...] = (False, True, True)  # attention only on <=16x16 grids at 32 px
-    layers_per_block: int = 1
-    heads: int = 2
-    text_dim: int = 32                  # learned-token width (cross_attention_dim) at tiny scale
-    n_ctx: int = 7                      # learned context tokens of the prompt template
-    # --- placement of DDA+SSM (paper IV-B, Table IX row 4) ---
-    placement_encoder: object = "all"   # "all" | "every_other" | "none" | list of positions
-    placement_mid: bool = True          # the bottleneck counts as encoder
-    placement_decoder: object = "every_other"
+    scale: str = option("tiny", choices=("tiny", "sd"),
+                        help="tiny: pixel space from scratch (CPU); sd: latent, local SD-1.x folder")
+    mode: str = option("", choices=("", "patch", "full"), help="'' resolves to patch at tiny, full at sd")
+    # --- backbone (tiny scale; at sd the checkpoint decides) ---
+    widths: tuple[int, ...] = option((16, 32, 48), ge=4)
+    attn_levels: tuple[bool, ...] = (False, True, True)
+    layers_per_block: int = option(1, ge=1)
+    heads: int = option(2, ge=1)
+    text_dim: int = option(32, ge=4, help="learned-token width (cross_attention_dim) at tiny scale")
+    n_ctx: int = option(7, ge=1, help="learned context tokens of the prompt template")
+    text_encoder: str = option("auto", choices=("auto", "clip", "learned"),
+                               help="auto: CLIP at sd (clip_path, else sd_path/text_encoder), learned at tiny")
+    # --- placement of DDA+SSM (paper IV-B, Table IX row 4); unplaced layers keep concat attention ---
+    placement_encoder: str | list[int] = "all"
+    placement_mid: bool = True
+    placement_decoder: str | list[int] = "every_other"
     # --- data ---
-    patch_size: int = 32                # patch mode: model resolution of a crop
-    context: float = 1.5                # crop side = context * defect bbox side (at least patch_size)
-    jitter: float = 0.25                # training crop shift, fraction of the crop side
-    resolution: int = 0                 # full mode: model resolution (0 -> FitData.image_size)
-    raw_grid: int = 5                   # K of the raw mask
+    patch_size: int = option(32, ge=8, help="patch mode: crop side in image pixels, taken 1:1 (never rescaled)")
+    jitter: float = option(0.25, ge=0, le=0.5, help="training crop shift, fraction of the patch")
+    normal_share: float = option(0.25, ge=0, lt=1,
+                                 help="share of training examples that are normal crops with an empty annotation")
+    resolution: int = option(0, ge=0, help="full mode: model resolution (0 -> FitData.image_size)")
+    raw_grid: int = option(5, ge=1, help="K of the raw mask")
     # --- training ---
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-4
-    warmup: int = 0                     # linear lr warm-up steps
-    lr_schedule: str = "constant"       # "constant" (paper) | "cosine" (decay to 0 after warm-up)
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"    # "epsilon" (paper eq. 8) | "v_prediction" | "sample"; tiny only
-    control_prob: float = 0.5           # share of training examples that carry a control map S^O
+    steps: int = option(2000, ge=0)
+    batch_size: int = option(32, ge=1)
+    lr: float = option(1e-4, gt=0)
+    warmup: int = option(0, ge=0)
+    lr_schedule: str = option("constant", choices=("constant", "cosine"))
+    num_train_timesteps: int = option(1000, ge=2)
+    beta_schedule: str = option("squaredcos_cap_v2", choices=("squaredcos_cap_v2", "linear", "scaled_linear"))
+    prediction_type: str = option("epsilon", choices=("epsilon", "v_prediction", "sample"))
+    control_prob: float = option(0.5, ge=0, le=1, help="share of training examples carrying a control map S^O")
     # --- sampling ---
-    ddim_steps: int = 25
-    sample_batch: int = 64
-    strength: float = 1.0               # 1.0 = the paper's pure-noise start; < 1 = SDEdit start from the
-                                        # noised reference crop and mask (CPU-budget choice, not in the paper)
-    mask_threshold: float = 0.0         # on the generated annotation in [-1, 1]
-    mask_sigma: float = 0.0             # Gaussian blur (model px) of the annotation before thresholding
-    min_blob: int = 0                   # drop mask components smaller than this (model px); 0 = keep all
-    keep_near_ref: bool = False         # keep only components touching the reference's dilated raw mask
+    ddim_steps: int = option(25, ge=1)
+    sample_batch: int = option(64, ge=1)
+    strength: float = option(1.0, gt=0, le=1,
+                             help="1.0: pure-noise start (DH-Diff); < 1 only for the dhdiff_sdedit generator")
+    mask_threshold: float = 0.0
+    mask_sigma: float = option(0.0, ge=0)
+    min_blob: int = option(0, ge=0)
+    keep_near_ref: bool = False
     fill_holes: bool = False
-    ref_augment: bool = False           # random flip / 90-degree turn of each reference at generation
-    max_retries: int = 2                # re-sample empty masks this many times, then fall back
-    control: object = None              # None | "points" | "mask" | "raw": default control at generation
-    dilate: int = 3                     # px of mask dilation for blending into a normal image
+    ref_augment: bool = False
+    max_retries: int = option(2, ge=0)
+    control: str | None = option(None, choices=("points", "mask", "raw"))
+    dilate: int = option(3, ge=0)
     # --- pretrained parts (sd scale / CLIP), local paths only ---
     sd_path: str | None = None
     clip_path: str | None = None
 
-    @classmethod
-    def from_kwargs(cls, **kw) -> "DHDiffConfig":
-        """Scale preset (tiny -> quick values) overlaid with the caller's kwargs."""
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(kw) - known)
-        if bad:
-            raise ValueError(f"dhdiff: unknown config field(s) {bad}; known: {sorted(known)}")
-        scale = kw.get("scale", "tiny")
-        if scale not in ("tiny", "sd"):
-            raise ValueError(f"dhdiff: config field 'scale' must be 'tiny' or 'sd', got {scale!r}")
-        base = quick_values() if scale == "tiny" else dict(SD_PRESET)
-        base.update(kw)
-        cfg = cls(**base)
-        cfg.widths = tuple(int(w) for w in cfg.widths)
-        cfg.attn_levels = tuple(bool(a) for a in cfg.attn_levels)
-        if not cfg.mode:
-            cfg.mode = "patch" if scale == "tiny" else "full"
-        if cfg.mode not in ("patch", "full"):
-            raise ValueError(f"dhdiff: config field 'mode' must be 'patch' or 'full', got {cfg.mode!r}")
-        if len(cfg.attn_levels) != len(cfg.widths):
-            raise ValueError("dhdiff: config fields 'attn_levels' and 'widths' must have the same length")
-        if cfg.control not in (None, "points", "mask", "raw"):
-            raise ValueError(f"dhdiff: config field 'control' must be None/points/mask/raw, got {cfg.control!r}")
-        if not 0.0 < float(cfg.strength) <= 1.0:
-            raise ValueError(f"dhdiff: config field 'strength' must be in (0, 1], got {cfg.strength!r}")
-        if cfg.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"dhdiff: config field 'prediction_type' must be epsilon/v_prediction/sample, "
-                             f"got {cfg.prediction_type!r}")
-        if cfg.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"dhdiff: config field 'lr_schedule' must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-        if scale == "sd" and not cfg.sd_path:
-            raise ValueError("dhdiff: scale 'sd' needs config field 'sd_path' (a local Stable-Diffusion-1.x folder)")
-        return cfg
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        d["attn_levels"] = list(self.attn_levels)
-        return d
+    def __post_init__(self):
+        if not self.mode:
+            self.mode = "patch" if self.scale == "tiny" else "full"
+        self.widths = tuple(self.widths)
+        self.attn_levels = tuple(self.attn_levels)
+        if len(self.attn_levels) != len(self.widths):
+            raise ConfigError(f"attn_levels has {len(self.attn_levels)} entries, widths {len(self.widths)}; "
+                              f"they must match")
+        for name in ("placement_encoder", "placement_decoder"):
+            v = getattr(self, name)
+            if isinstance(v, str) and v not in ("all", "every_other", "none"):
+                raise ConfigError(f"{name}: expected 'all', 'every_other', 'none' or a list of block "
+                                  f"positions, got {v!r}")
+        if self.scale == "sd" and not self.sd_path:
+            raise ConfigError("sd_path: scale 'sd' needs a local Stable-Diffusion-1.x folder")
+        if self.scale == "tiny" and self.text_encoder == "clip" and not self.clip_path:
+            raise ConfigError("clip_path: text_encoder 'clip' at tiny scale needs a local CLIP folder")
 
 
-# The quick config (default of the tiny scale; configs/dhdiff_quick.yaml says why each value).
-# Budget: fit + 60 pairs per defect type on one category in <= 150 s on 2 CPU cores. lr 20x the
-# paper's with warm-up + cosine, batch 8 not 32, v-prediction, SDEdit start (strength 0.7, not
-# in the paper) and mask cleanup: ~180 steps from scratch is all the budget allows.
-QUICK: dict = dict(
-    scale="tiny", widths=(16, 32, 48), attn_levels=(False, True, True), layers_per_block=1,
-    heads=2, text_dim=32, patch_size=32, steps=180, batch_size=8, lr=2e-3, warmup=20,
-    lr_schedule="cosine", prediction_type="v_prediction", strength=0.7,
-    ddim_steps=6, sample_batch=60, mask_threshold=0.0, mask_sigma=0.6, min_blob=4,
-    keep_near_ref=True, fill_holes=True, ref_augment=True,
-)
-
+# Paper-scale preset of the sd scale (the paper's optimiser, batch and steps).
 SD_PRESET: dict = dict(scale="sd", steps=2000, batch_size=32, lr=1e-4, ddim_steps=50,
                        sample_batch=8, beta_schedule="scaled_linear", resolution=512)
 
 
 def quick_values() -> dict:
-    """QUICK, overridden by configs/dhdiff_quick.yaml when that file exists."""
-    vals = dict(QUICK)
-    if QUICK_YAML.exists():
-        loaded = yaml.safe_load(QUICK_YAML.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{QUICK_YAML}: expected a mapping of dhdiff config fields")
-        vals.update(loaded)
-    return vals
+    """configs/dhdiff_quick.yaml as a dict (the default of the tiny scale; {} if absent)."""
+    if not QUICK_YAML.exists():
+        return {}
+    loaded = yaml.safe_load(QUICK_YAML.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{QUICK_YAML}: expected a mapping of dhdiff config fields")
+    return loaded
 
 
-__all__ = ["DHDiffConfig", "QUICK", "SD_PRESET", "quick_values"]
+def resolve(cfg: Mapping | None, where: str = "generator_cfg.dhdiff") -> DHDiffConfig:
+    """Scale preset (tiny -> quick YAML, sd -> SD_PRESET) overlaid with ``cfg``, built and checked."""
+    cfg = dict(cfg or {})
+    scale = cfg.get("scale", "tiny")
+    if scale not in ("tiny", "sd"):
+        raise ConfigError(f"{where}.scale: expected one of tiny, sd, got {scale!r}")
+    base = quick_values() if scale == "tiny" else dict(SD_PRESET)
+    return build(DHDiffConfig, {**base, **cfg}, where)
+
+
+def inherit(base: Mapping | None, own: Mapping | None, where: str) -> dict:
+    """An ablation's dict: ``generator_cfg.dhdiff`` overlaid with its own section.
+
+    A variant at another scale than ``dhdiff`` would silently compare a tiny model with an
+    sd-scale one, so a differing ``scale`` is refused."""
+    base, own = dict(base or {}), dict(own or {})
+    if "scale" in own and own["scale"] != base.get("scale", "tiny"):
+        raise ConfigError(f"{where}.scale: {own['scale']!r} differs from generator_cfg.dhdiff.scale "
+                          f"{base.get('scale', 'tiny')!r}; an ablation must run at the scale of dhdiff")
+    return {**base, **own}
+
+
+__all__ = ["DHDiffConfig", "SD_PRESET", "quick_values", "resolve", "inherit"]

@@ -14,8 +14,14 @@ Choices where the paper is silent (also in dh-diff.md):
   With only a handful of DDIM steps, "v_prediction" gives cleaner x0 estimates at high noise;
   the loss is then the MSE to the velocity, still summed over both streams. At sd scale the
   checkpoint's scheduler decides.
-* ``strength`` < 1 (a CPU-budget choice, NOT in the paper, which always starts from pure noise):
-  SDEdit-style sampling. Both streams start from the reference pair (its full crop and its real
+* Sampling (DDIM) uses "trailing" timestep spacing: with few steps the first step is t = T-1,
+  pure noise, as the paper's sampler needs ("leading" spacing would start at t = 830 of 1000
+  for 6 steps and leave signal the model never put there). Latent-space schedulers never clip
+  samples to [-1, 1] (SD latents span about +-4); pixel-space (tiny) ones do.
+* The text encoder at sd scale is the checkpoint's own CLIP (``sd_path/text_encoder``) unless
+  ``clip_path`` names another; a missing one is an error, never a silent switch to learned tokens.
+* ``strength`` < 1 (only the ``dhdiff_sdedit`` generator, NOT DH-Diff, which starts from pure
+  noise): SDEdit-style sampling. Both streams start from the reference pair (its full crop and its real
   mask) noised to the first timestep of the last ``ddim_steps`` steps of a DDIM schedule of
   ``round(ddim_steps / strength)`` steps (diffusers' img2img convention; t is then a little under
   strength * T, e.g. 555 for 6 steps at 0.7), and only those steps run. Training then draws t only
@@ -80,12 +86,26 @@ def _sd_dir(cfg: DHDiffConfig) -> Path:
     return path
 
 
+def _clip_source(cfg: DHDiffConfig) -> str | None:
+    """Where the CLIP text encoder comes from, or None for learned tokens (see module docstring)."""
+    kind = cfg.text_encoder
+    if kind == "learned" or (kind == "auto" and cfg.scale == "tiny"):
+        return None
+    if cfg.clip_path:
+        return cfg.clip_path
+    if cfg.sd_path and (Path(cfg.sd_path) / "text_encoder").is_dir():
+        return cfg.sd_path
+    raise ValueError(f"dhdiff: config field 'text_encoder' is {kind!r} at scale {cfg.scale!r} but neither "
+                     f"'clip_path' nor sd_path/text_encoder ({cfg.sd_path!r}) exists; give one, or set "
+                     f"text_encoder: learned to train token embeddings instead")
+
+
 class DHDiffModel(nn.Module):
     """eps-prediction for both streams; ``loss`` for training and ``sample`` for DDIM generation."""
 
-    def __init__(self, cfg: DHDiffConfig, variant: str, categories: list[str], defects: list[str]):
+    def __init__(self, cfg: DHDiffConfig, ablation: str, categories: list[str], defects: list[str]):
         super().__init__()
-        self.cfg, self.variant = cfg, variant
+        self.cfg, self.ablation = cfg, ablation
         self.vae: AutoencoderKL | None = None
         if cfg.scale == "sd":
             path = _sd_dir(cfg)
@@ -96,7 +116,9 @@ class DHDiffModel(nn.Module):
             self.scheduler = (DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
                               if sched_dir.is_dir() else
                               DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                                            prediction_type=cfg.prediction_type))
+                                            prediction_type=cfg.prediction_type, clip_sample=False))
+            if self.scheduler.config.clip_sample:   # latents are not in [-1, 1]
+                self.scheduler = DDPMScheduler.from_config(self.scheduler.config, clip_sample=False)
             self.channels = self.unet.config.in_channels
         else:
             self.channels = 3
@@ -104,15 +126,16 @@ class DHDiffModel(nn.Module):
             self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                            prediction_type=cfg.prediction_type)
         text_dim = self.unet.config.cross_attention_dim
-        if cfg.clip_path:
-            enc = ClipPromptEncoder(cfg.clip_path)
+        clip = _clip_source(cfg)
+        if clip is not None:
+            enc = ClipPromptEncoder(clip)
             if enc.dim != text_dim:
                 raise ValueError(f"dhdiff: CLIP at 'clip_path' gives {enc.dim}-d text, the U-Net wants {text_dim}")
             object.__setattr__(self, "prompt", enc)  # frozen, not in state_dict
         else:
             self.prompt = LearnedPromptEncoder(categories, defects, text_dim, cfg.n_ctx)
         self.cond = ConditionEncoder(self.unet)      # copied before DH processors go in
-        self.processors = install_processors(self.unet, variant, cfg.placement_encoder,
+        self.processors = install_processors(self.unet, ablation, cfg.placement_encoder,
                                              cfg.placement_mid, cfg.placement_decoder)
 
     # ---- latent space --------------------------------------------------------------------
@@ -175,7 +198,7 @@ class DHDiffModel(nn.Module):
     def schedule(self, steps: int | None = None) -> tuple[DDIMScheduler, torch.Tensor]:
         """DDIM scheduler and the timesteps one sampling run visits (``steps`` U-Net calls)."""
         steps = steps or self.cfg.ddim_steps
-        sched = DDIMScheduler.from_config(self.scheduler.config)
+        sched = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
         total = steps if self.cfg.strength >= 1 else max(steps, int(round(steps / self.cfg.strength)))
         sched.set_timesteps(total)
         return sched, sched.timesteps[total - steps:]

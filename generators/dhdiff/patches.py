@@ -1,8 +1,8 @@
 """Pure numpy helpers: raw masks, defect crops (patch mode), control maps, compositing.
 
-Patch mode (dh-diff.md, tiny scale): the model sees a crop around each defect, resized to
-``patch_size``; a generated (patch, mask) is resized back and pasted into a normal image,
-changing pixels only inside a dilated copy of the generated mask.
+Patch mode (dh-diff.md, tiny scale): the model sees a ``patch_size`` crop around each defect,
+taken 1:1; a generated (patch, mask) is pasted 1:1 into a normal image, changing pixels only
+inside a dilated copy of the generated mask.
 """
 from __future__ import annotations
 
@@ -24,18 +24,25 @@ def raw_mask(mask: np.ndarray, k: int = 5) -> np.ndarray:
     return out
 
 
-def defect_box(mask: np.ndarray, patch: int, context: float, rng: np.random.Generator | None = None,
+def defect_box(mask: np.ndarray, patch: int, rng: np.random.Generator | None = None,
                jitter: float = 0.0) -> tuple[int, int, int]:
-    """Square crop (y0, x0, side) around the defect: side = context * bbox side, >= patch,
-    <= image side; shifted by up to ``jitter`` * side when an rng is given."""
+    """Square crop (y0, x0, side) of side ``patch`` (capped by the image) around the defect.
+
+    The crop is taken 1:1, never rescaled: a defect is generated at its final resolution, so
+    pasting it back cannot show blocks from scaling a small patch up (issue 10). Without an rng
+    the crop is centred on the defect's bounding box; with one (training) it is centred on a
+    random defect pixel, so every part of a defect larger than the patch is seen, then shifted
+    by up to ``jitter`` * side."""
     h, w = mask.shape
+    side = int(min(patch, h, w))
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
-        cy, cx, ext = h / 2, w / 2, 0
-    else:
+        cy, cx = h / 2, w / 2
+    elif rng is None:
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-        ext = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-    side = int(min(max(patch, round(context * ext)), h, w))
+    else:
+        i = rng.integers(len(ys))
+        cy, cx = float(ys[i]), float(xs[i])
     if rng is not None and jitter > 0:
         cy += rng.uniform(-jitter, jitter) * side
         cx += rng.uniform(-jitter, jitter) * side
@@ -73,13 +80,15 @@ def control_map(mask: np.ndarray, kind: str, rng: np.random.Generator, k: int = 
 
 
 def clean_mask(ann: np.ndarray, threshold: float = 0.0, sigma: float = 0.0, min_area: int = 0,
-               near: np.ndarray | None = None, fill: bool = False) -> np.ndarray:
+               near: np.ndarray | None = None, fill: bool = False, counts: dict | None = None) -> np.ndarray:
     """Threshold a generated annotation map into a defect-shaped mask.
 
     A few-step sampler leaves pixel noise in the annotation stream; thresholding it as is gives
     speckle. Blur (``sigma`` px) first, then drop 8-connected components under ``min_area`` px,
     keep only those touching ``near`` (e.g. the reference's dilated raw mask; the largest one
     if none does), and fill holes. Thin lines survive: no morphological opening is used.
+    ``counts["pieces_dropped"]`` is increased by the components removed (recorded, because a
+    clean-up that discards most of what the model drew would otherwise be invisible).
     """
     a = np.asarray(ann, np.float32)
     if sigma > 0:
@@ -92,8 +101,21 @@ def clean_mask(ann: np.ndarray, threshold: float = 0.0, sigma: float = 0.0, min_
     if near is not None and ids:
         touching = [i for i in ids if near[lab == i].any()]
         ids = touching or [max(ids, key=lambda i: stats[i, cv2.CC_STAT_AREA])]
+    if counts is not None:
+        counts["pieces_dropped"] = counts.get("pieces_dropped", 0) + (n - 1 - len(ids))
     m = np.isin(lab, ids) if ids else np.zeros_like(m)
     return ndimage.binary_fill_holes(m) if fill else m
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool mask resized to size x size without losing it: nearest when enlarging, any
+    coverage (area > 0) when shrinking, so a non-empty mask stays non-empty and in place."""
+    m = np.asarray(mask, bool)
+    if m.shape == (size, size):
+        return m.copy()
+    if size >= max(m.shape):
+        return cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    return cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) > 0
 
 
 def estimate_foreground(image: np.ndarray) -> np.ndarray:
@@ -109,7 +131,8 @@ def estimate_foreground(image: np.ndarray) -> np.ndarray:
 def composite(normal: np.ndarray, patch: np.ndarray, pmask: np.ndarray, side: int,
               rng: np.random.Generator, foreground: np.ndarray | None = None,
               dilate: int = 3, tries: int = 10) -> tuple[np.ndarray, np.ndarray] | None:
-    """Paste a generated (patch, mask) of model size, resized to ``side``, into ``normal``.
+    """Paste a generated (patch, mask) into ``normal`` at side ``side`` (1:1 in patch mode; only
+    shrunk when the image is smaller than the patch).
 
     The crop centre lands on a random foreground pixel (anywhere for textures); for objects the
     mask is cut to the foreground. Pixels outside the dilated mask stay the normal's own.
@@ -117,8 +140,8 @@ def composite(normal: np.ndarray, patch: np.ndarray, pmask: np.ndarray, side: in
     """
     h, w = normal.shape[:2]
     side = min(side, h, w)
-    big = cv2.resize(patch, (side, side), interpolation=cv2.INTER_LINEAR)
-    bmask = cv2.resize(pmask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST).astype(bool)
+    big = patch if patch.shape[0] == side else cv2.resize(patch, (side, side), interpolation=cv2.INTER_AREA)
+    bmask = resize_mask(pmask, side)
     fy, fx = np.nonzero(foreground) if foreground is not None else (None, None)
     for _ in range(tries):
         if fy is not None and len(fy):

@@ -4,7 +4,8 @@ The U-Net runs both streams stacked on the batch axis, ``[image B | annotation B
 and ResNet weights never mix samples, so attention is the only place the streams can meet;
 which processor sits in an attention layer decides how (paper III-C/D, dh-diff.md):
 
-* ``plain``  - per-sample attention (stock diffusers behaviour): streams never meet.
+* ``plain``  - per-sample attention (stock diffusers behaviour): streams never meet. Used for
+               text cross-attention wherever SSM is not placed.
 * ``dda``    - self-attention slot. Image: cross-attention with K, V from zeta(F^R) + F^I;
                annotation: self-attention with its own W^A projections. Streams never meet.
 * ``concat`` - self-attention slot, the baseline: joint attention over the concatenated I and A
@@ -201,12 +202,18 @@ class SSMProcessor(nn.Module):
 PROCESSORS: dict[str, type] = {"plain": PlainProcessor, "dda": DDAProcessor,
                                "concat": ConcatProcessor, "ssm": SSMProcessor}
 
-# variant -> (self-attention slot, text cross-attention slot) in the placed blocks
+# ablation (Table VIII) -> (self-attention slot, text cross-attention slot) in the placed blocks.
+# Every attention layer OUTSIDE the placed blocks keeps the baseline's attention (concat, plain):
+# the ablations start from the concatenation baseline and swap DDA and/or SSM into the placed
+# blocks, so "baseline" is concat in every layer. Consequence for "dda" (documented in
+# generator.py): its streams meet only in the unplaced layers' concatenation attention; with
+# every attention layer placed, its image and annotation streams never meet and cannot align.
+UNPLACED: tuple[str, str] = ("concat", "plain")
 VARIANTS: dict[str, tuple[str, str]] = {
-    "dhdiff": ("dda", "ssm"),
-    "dhdiff-dda": ("dda", "plain"),
-    "dhdiff-ssm": ("concat", "ssm"),
-    "dhdiff-baseline": ("concat", "plain"),
+    "dda+ssm": ("dda", "ssm"),
+    "dda": ("dda", "plain"),
+    "ssm": ("concat", "ssm"),
+    "baseline": ("concat", "plain"),
 }
 
 
@@ -247,11 +254,11 @@ def _level(name: str, n_levels: int) -> int:
     return n_levels - 1
 
 
-def install_processors(unet, variant: str, encoder="all", mid=True, decoder="every_other") -> dict[str, str]:
+def install_processors(unet, ablation: str, encoder="all", mid=True, decoder="every_other") -> dict[str, str]:
     """Swap processors into ``unet`` by name; returns {attention module name: processor name}."""
-    if variant not in VARIANTS:
-        raise ValueError(f"dhdiff: unknown variant {variant!r}; known: {sorted(VARIANTS)}")
-    self_name, cross_name = VARIANTS[variant]
+    if ablation not in VARIANTS:
+        raise ValueError(f"dhdiff: unknown ablation {ablation!r}; known: {sorted(VARIANTS)}")
+    self_name, cross_name = VARIANTS[ablation]
     placed = placed_blocks(unet, encoder, mid, decoder)
     widths = list(unet.config.block_out_channels)
     chosen: dict[str, str] = {}
@@ -260,11 +267,9 @@ def install_processors(unet, variant: str, encoder="all", mid=True, decoder="eve
             continue
         slot = name.rsplit(".", 1)[-1]
         on = any(name.startswith(p) for p in placed)
-        pname = "plain"
-        if on and slot == "attn1":
-            pname = self_name
-        elif on and slot == "attn2":
-            pname = cross_name
+        if slot not in ("attn1", "attn2"):
+            raise ValueError(f"dhdiff: unexpected attention layer {name!r} (expected attn1/attn2 slots)")
+        pname = (self_name if on else UNPLACED[0]) if slot == "attn1" else (cross_name if on else UNPLACED[1])
         cls = PROCESSORS[pname]
         proc = cls() if pname == "plain" else cls(mod, widths[_level(name, len(widths))])
         mod.set_processor(proc)

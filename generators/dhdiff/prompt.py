@@ -70,8 +70,9 @@ class ClipPromptEncoder(PromptEncoder):
         try:
             from transformers import CLIPTextModel, CLIPTokenizer
         except ModuleNotFoundError:
-            raise ValueError("dhdiff: config field 'clip_path' needs the 'transformers' package, "
-                             "which is not installed; leave 'clip_path' unset to use learned tokens") from None
+            raise ValueError(f"dhdiff: the CLIP text encoder at {str(path)!r} (config clip_path, or sd_path's "
+                             f"text_encoder/) needs the 'transformers' package, which is not installed; set "
+                             f"text_encoder: learned to train token embeddings instead") from None
         sub = {"subfolder": "text_encoder"} if (path / "text_encoder").is_dir() else {}
         tsub = {"subfolder": "tokenizer"} if (path / "tokenizer").is_dir() else {}
         self.tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True, **tsub)
