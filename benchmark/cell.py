@@ -23,7 +23,7 @@ from . import cache as gcache
 from . import schema
 from .config import CellConfig
 from .datasets import DataError, DatasetAdapter, create_dataset, load_image, load_mask
-from .evaluation import evaluate
+from .evaluation import evaluate_with_sample
 from .split import Split, few_shot_split, stable_seed
 from .store import file_lock
 from .versions import package_versions
@@ -45,8 +45,9 @@ def load_images(df: pd.DataFrame, size: int) -> np.ndarray:
 
 
 def load_masks(df: pd.DataFrame, size: int) -> np.ndarray:
-    return np.stack([load_mask(tuple(mp), size) for mp in df["mask_paths"]]) if len(df) else \
-        np.zeros((0, size, size), bool)
+    if not len(df):
+        return np.zeros((0, size, size), bool)
+    return np.stack([load_mask(tuple(mp), size, image_path=ip) for ip, mp in zip(df["image_path"], df["mask_paths"])])
 
 
 def aux_images(adapter: DatasetAdapter, category: str, size: int, per_category: int = 10) -> list[np.ndarray]:
@@ -98,7 +99,7 @@ def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: 
                          f"(e.g. cutpaste, draem)")
     few = split.few_shot
     real = [Pair(load_image(r.image_path, cfg.image_size),
-                 load_mask(tuple(r.mask_paths), cfg.image_size) if adapter.has_masks
+                 load_mask(tuple(r.mask_paths), cfg.image_size, image_path=r.image_path) if adapter.has_masks
                  else np.zeros((cfg.image_size,) * 2, bool), r.defect_type)
             for r in few.itertuples(index=False)]
     defect_types = sorted(few["defect_type"].unique()) or ["synthetic"]
@@ -220,7 +221,10 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         record["weights"] = detector.weights_info()
         scores, maps = detector.predict(ev_images)
         t = lap("predict", t)
-        record["metrics"] = evaluate(cfg, adapter, ev, np.asarray(scores, np.float64), maps, ev_masks)
+        result = evaluate_with_sample(cfg, adapter, ev, np.asarray(scores, np.float64), maps, ev_masks)
+        record["metrics"] = result.metrics
+        if result.warnings:
+            record["warnings"] = list(result.warnings)
         lap("metrics", t)
         record["split"] = {"train_normals": len(split.train_normals), "few_shot": len(split.few_shot),
                            "eval_normals": int((ev["label"] == 0).sum()),
@@ -229,6 +233,8 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         record["eval"] = {"image_id": ev["image_id"].tolist(), "label": ev["label"].astype(int).tolist(),
                           "defect_type": ev["defect_type"].tolist(),
                           "score": [float(s) for s in scores]}
+        if result.pixel_sample is not None:  # for pixel-metric intervals and paired tests
+            record["eval"]["pixel_sample"] = result.pixel_sample
         record["status"] = "ok"
     except Exception as e:  # recorded, so one bad cell never loses the others
         record["status"] = "failed"

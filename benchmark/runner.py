@@ -13,6 +13,7 @@ from generators import get_generator_class, list_generators
 
 from . import runs, schema, store
 from .cell import NO_GENERATOR, run_cell
+from .evaluation import check_ready
 from .config import CellConfig, ConfigError, RunConfig
 from .datasets import create_dataset, list_datasets
 from .registry import UnknownNameError
@@ -56,7 +57,7 @@ def resolve_components(cfg: RunConfig) -> dict:
                 _component_class(kind, key)
             except UnknownNameError as e:
                 raise ConfigError(f"{field_name}.{key}: {e}") from None
-        for name in names:
+        for name in list(names) + [k for k in given if k not in names]:  # settings given but unused: checked too
             entry = _component_class(kind, name)
             resolver = getattr(entry, "resolve_config", None)
             raw = dict(given.get(name, {}))
@@ -125,6 +126,10 @@ def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
             if missing:
                 raise ConfigError(f"data set {dataset!r} has no categories {missing}; found: {', '.join(cats)}")
             cats = list(cfg.categories)
+        for cat in cats:  # e.g. LOCO without defects_config.json: found now, before any training
+            note = check_ready(adapter, cat)
+            if note:
+                skipped.append(note)
         for det in cfg.detectors:
             gens = cfg.generators if _uses_pairs(det, components[("detector", det)]) else [NO_GENERATOR]
             if not adapter.has_masks:  # image-level data: mask-needing generators are refused

@@ -5,6 +5,7 @@ images it names, never on globbing again.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -62,6 +63,9 @@ class DatasetAdapter:
             raise DataError(
                 f"data set {self.name!r} has no category {category!r}{where}; found: {', '.join(found)}")
         df = self._samples(category)
+        for alias, real in getattr(self, "_ascii_aliases", {}).items():  # back to the user's own paths
+            df["image_path"] = [p.replace(alias, real, 1) for p in df["image_path"]]
+            df["mask_paths"] = [tuple(m.replace(alias, real, 1) for m in mp) for mp in df["mask_paths"]]
         return validate_samples(df, self.name, category, self.has_masks)
 
     def defect_config(self, category: str) -> list[dict] | None:
@@ -70,11 +74,35 @@ class DatasetAdapter:
 
 
 def require_category_dir(adapter: DatasetAdapter, category: str) -> Path:
-    """The category folder, or a DataError naming the folder that should hold it."""
+    """The category folder, or a DataError naming the folder that should hold it.
+
+    anomalib's parsers refuse any path with a non-ASCII character ("non-printable"), so a
+    folder such as ``~/données/mvtec`` is parsed through an ASCII symlink in the user cache;
+    `DatasetAdapter.samples` maps the table back to the real paths."""
     cat_root = adapter.root / category
     if not cat_root.is_dir():
         raise DataError(f"{adapter.name}: category folder {str(cat_root)!r} does not exist")
-    return cat_root
+    real = str(cat_root.resolve())
+    if real.isascii():
+        return cat_root
+    import hashlib
+
+    link_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "helixbench" / "ascii_paths"
+    link = link_dir / hashlib.sha256(real.encode()).hexdigest()[:16]
+    if not link.is_symlink():
+        link_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(real, target_is_directory=True)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise DataError(f"{adapter.name}: {real!r} has non-ASCII characters, which anomalib's parser "
+                            f"refuses, and no ASCII link could be made in {str(link_dir)!r} ({e.strerror})") from None
+    if not str(link).isascii():
+        raise DataError(f"{adapter.name}: {real!r} has non-ASCII characters, which anomalib's parser refuses; "
+                        f"set XDG_CACHE_HOME to an ASCII folder or move the data")
+    adapter._ascii_aliases = {**getattr(adapter, "_ascii_aliases", {}), str(link): real}
+    return link
 
 
 def validate_samples(df: pd.DataFrame, dataset: str, category: str, has_masks: bool) -> pd.DataFrame:
@@ -117,17 +145,36 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {str(path)!r} ({type(e).__name__})") from None
+    return h, w
+
+
 def load_mask(paths: tuple[str, ...] | list[str], size: int | None = None,
-              shape: tuple[int, int] | None = None) -> np.ndarray:
+              shape: tuple[int, int] | None = None, image_path: str | Path | None = None) -> np.ndarray:
     """Union of the given mask files as bool HxW (any value > 0 is defect; VisA stores 0/1/2).
 
-    Resized nearest-neighbour so a mask of a different size still lines up with its image.
+    A mask of another size than its image is resized nearest-neighbour when it has the same
+    aspect ratio (a half-resolution mask still lines up); with ``image_path`` given, a mask of
+    another aspect ratio is a DataError naming both files: stretching it would move the defect.
     """
     out = None
+    img_hw = image_shape(image_path) if image_path is not None and len(paths) else None
     for p in paths:
         m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
         if m is None:
             raise DataError(f"cannot read mask {str(p)!r}")
+        if img_hw is not None and m.shape != img_hw and \
+                abs(m.shape[0] * img_hw[1] - m.shape[1] * img_hw[0]) > 0.01 * m.shape[1] * img_hw[0]:
+            raise DataError(f"mask {str(p)!r} is {m.shape[1]}x{m.shape[0]} but its image {str(image_path)!r} is "
+                            f"{img_hw[1]}x{img_hw[0]}: another aspect ratio, so the defect cannot be placed")
         if size is not None and m.shape != (size, size):
             m = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
         elif shape is not None and m.shape != shape:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import register_dataset
-from .base import DataError, DatasetAdapter
+from .base import DataError, DatasetAdapter, require_category_dir
 
 MVTEC_AD_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
                        "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
@@ -80,4 +80,4 @@ class MVTecAD(DatasetAdapter):
         return found
 
     def _samples(self, category: str) -> pd.DataFrame:
-        return mvtec_layout_samples(self.root / category, category)
+        return mvtec_layout_samples(require_category_dir(self, category), category)
