@@ -10,7 +10,7 @@ from .base import Detector, DetectorContext
 DETECTORS = Registry("detector", "helixbench.detectors")
 register_detector = DETECTORS.register
 
-_BUILTINS = ("unet", "anomalib_adapter")
+_BUILTINS = ("unet", "anomalib")
 
 
 def _import_builtins() -> None:

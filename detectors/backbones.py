@@ -107,12 +107,13 @@ def load_backbone(name: str, weights: str | None, classifier: bool = False, wher
 def check_weights(detector_cfg: Mapping[str, Any] | None, where: str = "detector_cfg") -> str | None:
     """Plan-time check for ONE detector's cfg dict: None if fine, else the one-line reason.
 
-    Only ``backbone`` / ``backbone_weights`` are looked at; detectors without them pass."""
+    Only ``backbone`` / ``backbone_weights`` are looked at; detectors without them, or with
+    ``backbone_weights: timm`` (the anomalib adapter's own timm-name path), pass."""
     if not isinstance(detector_cfg, Mapping):
         return None
     spec = detector_cfg.get("backbone_weights")
     backbone = detector_cfg.get("backbone")
-    if spec is None:
+    if spec is None or spec == "timm":
         return None
     if backbone is not None and backbone not in BACKBONES:
         return (f"{where}.backbone: {backbone!r} with backbone_weights needs one of {', '.join(BACKBONES)}")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from detectors import DetectorContext, create_detector
-from detectors.anomalib_adapter import MissingWeightsError, PairAugmenter
+from detectors.anomalib import MissingWeightsError, PairAugmenter
 from generators.base import Pair
 
 torch.set_num_threads(2)
@@ -226,3 +226,68 @@ def test_bad_option_values_are_value_errors():
     with pytest.raises(ValueError, match="pairs"):
         create_detector("anomalib:Draem", pre_trained=False, image_size=32).fit(
             _flat(np.random.default_rng(11), 2), [], DetectorContext("tex", image_size=32))
+
+
+# ----------------------------------------------------------------------------- backbones from config
+
+
+@pytest.fixture(scope="module")
+def fake_imagenet(tmp_path_factory):
+    """A seeded random resnet50 stored as the 'imagenet' weights (v1 strides, as the npm build)."""
+    from benchmark import weights as W
+
+    cache = tmp_path_factory.mktemp("weights")
+    src = W.build_resnet(stride="v1")
+    with torch.no_grad():  # non-default BN stats, so a re-initialised backbone would show
+        src.layer2[0].bn1.running_mean.normal_(generator=torch.Generator().manual_seed(1))
+    meta = W.write_weights(src.state_dict(), {"source": "test", "stride": "v1", "input": "torchvision"}, cache)
+    return cache, meta, src
+
+
+def test_backbone_weights_reach_the_anomalib_model(fake_imagenet, monkeypatch):
+    cache, meta, src = fake_imagenet
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(cache))
+    rng = np.random.default_rng(12)
+    det = create_detector("anomalib:Patchcore", backbone_weights="imagenet", layers=["layer2"], image_size=32,
+                          coreset_sampling_ratio=0.5)
+    assert det.model_kwargs["backbone"] == "resnet50"
+    det.fit(_flat(rng, 3), [], DetectorContext("tex", seed=0, image_size=32))
+    fx = det.model.model.feature_extractor.feature_extractor
+    assert torch.equal(fx.get_submodule("layer2.0.bn1").running_mean, src.layer2[0].bn1.running_mean)
+    assert torch.equal(fx.conv1.weight, src.conv1.weight)
+    first = fx.get_submodule("layer2.0")
+    assert first.conv1.stride == (2, 2) and first.conv2.stride == (1, 1)  # v1, from the .json
+    assert det.weights_info() == {"backbone": "resnet50", "backbone_weights": "resnet50_imagenet",
+                                  "sha256": meta["sha256"], "path": str(cache / "resnet50_imagenet.pth"),
+                                  "stride": "v1"}
+    scores, maps = det.predict(_flat(rng, 2))
+    assert scores.shape == (2,) and maps.shape == (2, 32, 32)
+    padim = create_detector("anomalib:Padim", backbone_weights="imagenet")
+    assert padim.model_kwargs["n_features"] == 550  # anomalib has no default for a module backbone
+
+
+def test_missing_backbone_weights_refused_at_plan_time(tmp_path, monkeypatch):
+    from benchmark.schema import ConfigError
+    from detectors import get_detector_class
+
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(tmp_path / "empty"))
+    cls = get_detector_class("anomalib:Padim")
+    with pytest.raises(ConfigError) as err:
+        cls.resolve_config({"backbone_weights": "imagenet", "layers": ["layer1"]}, "detector_cfg.anomalib:Padim", "Padim")
+    msg = str(err.value)
+    assert msg.startswith("detector_cfg.anomalib:Padim.backbone_weights: ") and "make weights" in msg
+    assert "\n" not in msg
+    with pytest.raises(ConfigError, match=r"backbone: 'wide_resnet50_2' with backbone_weights"):
+        cls.resolve_config({"backbone_weights": "none", "backbone": "wide_resnet50_2"}, "d", "Patchcore")
+    resolved = cls.resolve_config({"backbone_weights": "none", "n_features": 20}, "d", "Padim")
+    assert resolved["backbone_weights"] == "none" and resolved["batch_size"] == 8 and resolved["n_features"] == 20
+
+
+def test_pairs_used_per_model_without_building():
+    from detectors import get_detector_class
+
+    cls = get_detector_class("anomalib:Padim")
+    assert cls.pairs_used({}, "Draem") is True
+    assert cls.pairs_used({"supervised": True}, "Supersimplenet") is True
+    assert cls.pairs_used({"supervised": False}, "supersimplenet") is False
+    assert cls.pairs_used({}, "Patchcore") is False
