@@ -270,8 +270,10 @@ def build_resnet(blocks: list[int] | tuple[int, ...] = (3, 4, 6, 3), num_classes
     import torch
     from torchvision.models.resnet import Bottleneck, ResNet
 
-    torch.manual_seed(0)  # deterministic init of whatever the state dict then overwrites
-    model = ResNet(Bottleneck, list(blocks), num_classes=num_classes, width_per_group=width_per_group)
+    # a seeded init (what 'none' means), without disturbing the caller's global RNG stream
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ResNet(Bottleneck, list(blocks), num_classes=num_classes, width_per_group=width_per_group)
     if stride == "v1":
         apply_v1_strides(model)
     elif stride != "v1.5":

@@ -10,7 +10,7 @@ from .base import Detector, DetectorContext
 DETECTORS = Registry("detector", "helixbench.detectors")
 register_detector = DETECTORS.register
 
-_BUILTINS = ("unet", "anomalib")
+_BUILTINS = ("unet", "anomalib", "feature_segmenter")
 
 
 def _import_builtins() -> None:

@@ -1,0 +1,172 @@
+"""A supervised segmenter on frozen pretrained features: ResNet-50 encoder (ImageNet, from
+`detectors.backbones`) + a small U-Net-style decoder trained on the generated pairs.
+
+Why beside the paper's U-Net: the U-Net learns its features from a few hundred pairs, so on real
+data it can only detect what the generator's pastes look like at the pixel level; a decoder on
+ImageNet features starts from the representation PatchCore / PaDiM rely on, and the generated pairs
+only have to teach it *where* anomalies are. Because the encoder is frozen, its features for every
+training image are computed once (float16) and only the decoder is trained: CPU cost is one
+encoder pass per image plus a cheap decoder loop.
+
+Training mirrors `detectors.unet` (same focal / Dice losses, half-normal half-pair batches, seed
+from the cell, the last weights used) and so does the image score (max of the average-pooled map).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.schema import ConfigError, option
+from generators.base import Pair
+
+from . import register_detector
+from .backbones import BACKBONES, check_weights, load_backbone
+from .base import Detector, DetectorContext
+from .unet import cap_pairs, focal_loss, image_scores, soft_dice_loss
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CHANNELS = (256, 512, 1024)  # ResNet-50 layer1..3 outputs (strides 4, 8, 16)
+
+
+@dataclass
+class FeatureSegmenterConfig:
+    backbone: str = option("resnet50", choices=BACKBONES)
+    backbone_weights: str = option("imagenet", help="imagenet | none | <state-dict path> (detectors.backbones)")
+    width: int = option(32, ge=4, help="decoder channels at stride 4 (x2 at 8, x4 at 16)")
+    steps: int = option(300, ge=1, help="decoder optimiser steps")
+    batch_size: int = option(16, ge=2, help="half normals, half generated pairs")
+    lr: float = option(1e-3, gt=0, help="Adam learning rate, cosine-decayed to 0")
+    focal_gamma: float = option(2.0, ge=0)
+    dice_weight: float = option(0.5, ge=0)
+    max_pairs_per_defect: int = option(500, ge=1)
+    pool_size: int = option(21, ge=1, help="image score = max of this average pool of the map")
+    image_size: int | None = option(None, ge=32, help="encoder input side; None: the run's image_size")
+    predict_batch_size: int = option(16, ge=1)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(4, cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(4, cout), nn.ReLU(inplace=True))
+
+
+class FeatureDecoder(nn.Module):
+    """layer3 -> up + layer2 -> up + layer1 -> 2-class logits at stride 4 (GroupNorm: train = eval)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        w1, w2, w3 = width, 2 * width, 4 * width
+        self.reduce = nn.ModuleList([nn.Conv2d(c, w, 1) for c, w in zip(_CHANNELS, (w1, w2, w3))])
+        self.mid = _block(w3, w3)
+        self.dec2 = _block(w3 + w2, w2)
+        self.dec1 = _block(w2 + w1, w1)
+        self.head = nn.Conv2d(w1, 2, 1)
+
+    def forward(self, f1: torch.Tensor, f2: torch.Tensor, f3: torch.Tensor) -> torch.Tensor:
+        r1, r2, r3 = (conv(f.float()) for conv, f in zip(self.reduce, (f1, f2, f3)))
+        x = self.mid(r3)
+        x = self.dec2(torch.cat([F.interpolate(x, size=r2.shape[-2:], mode="bilinear", align_corners=False), r2], 1))
+        x = self.dec1(torch.cat([F.interpolate(x, size=r1.shape[-2:], mode="bilinear", align_corners=False), r1], 1))
+        return self.head(x)
+
+
+@register_detector("feature_segmenter")
+class FeatureSegmenter(Detector):
+    uses_pairs = True
+    config_class = FeatureSegmenterConfig
+
+    @classmethod
+    def resolve_config(cls, cfg: dict, where: str, variant: str | None = None) -> FeatureSegmenterConfig:
+        """The config, plus the plan-time check that the backbone weights are on disk."""
+        config = super().resolve_config(cfg, where)
+        problem = check_weights({"backbone": config.backbone, "backbone_weights": config.backbone_weights}, where)
+        if problem:
+            raise ConfigError(problem)
+        return config
+
+    def __init__(self, **cfg):
+        super().__init__(**cfg)
+        self.encoder = None
+        self.decoder: FeatureDecoder | None = None
+        self.loss_history: list[float] = []
+
+    def weights_info(self) -> dict | None:
+        if self.encoder is None:
+            return None
+        return {"backbone": self.config.backbone, **self.encoder.weights_ref.info()}
+
+    def _prep(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self._size, self._size):
+            x = F.interpolate(x, size=(self._size, self._size), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def _features(self, images: np.ndarray) -> list[torch.Tensor]:
+        """Frozen encoder, in batches: [f1, f2, f3] float16 on the CPU."""
+        e, out = self.encoder, [[], [], []]
+        for start in range(0, len(images), self.config.predict_batch_size):
+            x = self._prep(images[start:start + self.config.predict_batch_size]).to(self.device)
+            x = e.maxpool(e.relu(e.bn1(e.conv1(x))))
+            f1 = e.layer1(x)
+            f2 = e.layer2(f1)
+            f3 = e.layer3(f2)
+            for acc, f in zip(out, (f1, f2, f3)):
+                acc.append(f.half().cpu())
+        return [torch.cat(a) for a in out]
+
+    def fit(self, normals: np.ndarray, pairs: list[Pair], ctx: DetectorContext) -> None:
+        c = self.config
+        if not pairs:
+            raise ValueError("feature_segmenter: trains on generated pairs but none were given")
+        self.device = torch.device(ctx.device)
+        self._size = int(c.image_size or ctx.image_size)
+        self.encoder = load_backbone(c.backbone, c.backbone_weights, where="detector_cfg.feature_segmenter.backbone")
+        self.encoder.to(self.device)
+        pairs = cap_pairs(pairs, c.max_pairs_per_defect)
+        feats_n = self._features(normals)
+        feats_p = self._features(np.stack([p.image for p in pairs]))
+        h1, w1 = feats_n[0].shape[-2:]
+        masks = torch.from_numpy(np.stack([np.asarray(p.mask, np.float32) for p in pairs]))[:, None]
+        masks = (F.interpolate(masks, size=(4 * h1, 4 * w1), mode="area")[:, 0] > 0.5)
+        torch.manual_seed(ctx.seed)
+        gen = torch.Generator().manual_seed(ctx.seed)
+        self.decoder = FeatureDecoder(c.width).to(self.device)
+        opt = torch.optim.Adam(self.decoder.parameters(), lr=c.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps)
+        half = c.batch_size // 2
+        self.decoder.train()
+        for _ in range(c.steps):
+            i_n = torch.randint(len(normals), (c.batch_size - half,), generator=gen)
+            i_p = torch.randint(len(pairs), (half,), generator=gen)
+            f = [torch.cat([fn[i_n], fp[i_p]]).to(self.device) for fn, fp in zip(feats_n, feats_p)]
+            target = torch.cat([torch.zeros(len(i_n), *masks.shape[1:], dtype=torch.bool), masks[i_p]]).to(self.device)
+            logits = F.interpolate(self.decoder(*f), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            loss = focal_loss(logits, target, c.focal_gamma)
+            if c.dice_weight:
+                loss = loss + c.dice_weight * soft_dice_loss(logits, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            self.loss_history.append(float(loss))
+        self.decoder.eval()
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.decoder is None:
+            raise RuntimeError("feature_segmenter: predict() before fit()")
+        h, w = images.shape[1:3]
+        maps = []
+        for start in range(0, len(images), self.config.predict_batch_size):
+            f = [t.to(self.device) for t in self._features(images[start:start + self.config.predict_batch_size])]
+            p = self.decoder(*f).softmax(1)[:, 1:2]
+            maps.append(F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu())
+        m = torch.cat(maps)
+        return image_scores(m, self.config.pool_size).double().numpy(), m.numpy().astype(np.float32)
