@@ -82,7 +82,7 @@ def _rankings(records: list[dict], dataset: str) -> str:
     return "\n".join(parts)
 
 
-def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path) -> list[Path]:
+def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path, cache: dict | None = None) -> list[Path]:
     from .cache import load_pairs
     from .plots import bars_by_method, pair_grid, roc_curves
 
@@ -90,7 +90,7 @@ def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path) -> list[Pa
     paths = []
     several = frame["detector"].nunique() > 1
     for metric in ("image_auroc", "pixel_auroc", "image_ap", "pixel_ap"):
-        summary = tables.method_summary(records, metric)
+        summary = tables.method_summary(records, metric, cache)
         if len(summary) and summary["mean"].notna().any():
             paths.append(bars_by_method(summary, fig_dir / f"bars_{metric}.png", metric=metric))
     for dataset in sorted(frame["dataset"].unique()):
@@ -133,7 +133,8 @@ def build_report(run_dir: str | Path, console: Console | None = None, figures: b
             console.print(f"[yellow]no cells recorded under {run_dir}[/yellow]")
         return {}
     out = run_dir / "tables"
-    tabs = tables.write_tables(records, out, run=run_dir.name)
+    cache = tables.BootCache()  # each record's bootstrap drawn once for every table and figure
+    tabs = tables.write_tables(records, out, run=run_dir.name, cache=cache)
     shown = {name: t.markdown() for name, t in tabs.items()}
     frame = store.records_frame(records)
     if not frame.empty:
@@ -158,7 +159,7 @@ def build_report(run_dir: str | Path, console: Console | None = None, figures: b
             shown[f"{dataset}_ranking"] = md
     if figures and not frame.empty:
         try:
-            paths = _figures(records, frame, run_dir / "figures")
+            paths = _figures(records, frame, run_dir / "figures", cache)
             if console:
                 console.print(f"figures: {', '.join(str(p) for p in paths)}")
         except Exception as e:  # a figure must never cost the tables

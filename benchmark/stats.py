@@ -19,8 +19,10 @@ Why these and not others (design/EVALUATION.md, "Evidence"):
 
 Speed without approximation: a resample is a vector of integer multiplicities per image, and
 AUROC / AP / F1-max of the resampled, pooled data equal the same metrics computed with those
-multiplicities as weights on the *original* data sorted once. So no resample is ever re-sorted;
-ties are handled exactly as scikit-learn does (one curve point per run of tied scores). Draws
+multiplicities as weights on the *original* data, reduced once to per-image counts at every
+distinct positive score; a resample is then a matrix product (exact: integer counts in float64).
+No resample is ever re-sorted, and ties are handled exactly as scikit-learn does (one curve
+point per run of tied scores). Draws
 follow ``scipy.stats.bootstrap``'s order (per stratum: good images, then anomalous ones,
 ``rng.integers(0, n, (n_boot, n))``), so with the same generator both give the same resamples.
 """
@@ -37,7 +39,8 @@ from scipy import stats as sps
 
 __all__ = ["CURVE_METRICS", "Sample", "PairedSample", "curve_metric", "t_interval", "bootstrap_interval",
            "bootstrap_combined", "paired_bootstrap", "paired_bootstrap_combined", "delong_test",
-           "delong_combined", "holm", "curve_value"]
+           "delong_combined", "holm", "curve_value",
+           "bootstrap_distribution", "percentile_interval"]
 
 CURVE_METRICS = ("auroc", "ap", "f1max")
 
@@ -96,7 +99,14 @@ class PairedSample:
 
 
 class _Sorted:
-    """One method's labels/scores flattened and sorted once by descending score."""
+    """One method's labels/scores, reduced once to per-image counts at the positive thresholds.
+
+    Only thresholds at positive scores matter (AUROC, AP and F1-max change only there). For each
+    distinct positive score t_k (descending) and image i we count that image's positives with
+    score >= t_k (``tp``), negatives >= t_k (``ge``) and negatives > t_k (``gt``). A resample with
+    image multiplicities c then has tp = c @ tp and fp(>=) = c @ ge: one small matrix product
+    per resample instead of a re-sort or a cumulative sum over every pixel; AUROC goes further
+    through the image-pair matrix ``u`` (c @ u @ c)."""
 
     def __init__(self, labels: Any, scores: Any, where: str):
         y = np.asarray(labels)
@@ -112,36 +122,71 @@ class _Sorted:
         k = 1 if y.ndim == 1 else y.shape[1]
         img = np.repeat(np.arange(self.n), k)
         flat_s, flat_y = s.ravel(), y.ravel().astype(bool)
-        order = np.argsort(-flat_s, kind="stable")
-        s_sorted = flat_s[order]
-        self.y = flat_y[order]
-        self.img = img[order]
-        self.ends = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])  # last index of each tie run
+        t = np.unique(flat_s[flat_y])[::-1]              # distinct positive scores, descending
+        r = t.size
+        desc = -t                                        # ascending, for searchsorted
+        first_ge = np.searchsorted(desc, -flat_s, side="left")   # first k with t_k <= score
+        first_gt = np.searchsorted(desc, -flat_s, side="right")  # first k with t_k < score
+
+        def cum(sel: np.ndarray, first: np.ndarray) -> np.ndarray:
+            h = np.bincount(img[sel] * (r + 1) + first[sel], minlength=self.n * (r + 1))
+            return np.cumsum(h.reshape(self.n, r + 1), axis=1)[:, :r]
+
+        # Counts are integers: float32 products and sums are exact below 2^24 (guarded).
+        if flat_s.size >= 2 ** 24:
+            raise ValueError(f"{where}: {flat_s.size} scores; at most {2 ** 24 - 1} (subsample pixels)")
+        self.pos = np.bincount(img[flat_y], minlength=self.n).astype(np.float64)
+        self.neg = np.bincount(img[~flat_y], minlength=self.n).astype(np.float64)
+        self._cum = lambda which: cum(flat_y if which == "tp" else ~flat_y,
+                                      first_gt if which == "gt" else first_ge)
+        self._u: np.ndarray | None = None
+        self._tp_ge: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def u(self) -> np.ndarray:
+        """AUROC is a sum over (positive, negative) pairs, so it splits into image pairs:
+        u[i, j] = pairs (positive of image i, negative of image j) ordered right, ties 1/2; a
+        resample's AUROC is c @ u @ c / (P N)."""
+        if self._u is None:
+            dtp = np.diff(self._cum("tp"), axis=1, prepend=0).astype(np.float64)
+            self._u = dtp @ (self.neg[:, None] - 0.5 * (self._cum("ge") + self._cum("gt"))).T
+        return self._u
+
+    @property
+    def tp_ge(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._tp_ge is None:
+            self._tp_ge = self._cum("tp").astype(np.float32), self._cum("ge").astype(np.float32)
+        return self._tp_ge
 
     def metric(self, counts: np.ndarray, metric: str) -> np.ndarray:
         """``metric`` for each row of ``counts`` (B, n): multiplicity of every image."""
-        out = np.empty(counts.shape[0])
-        step = max(1, int(4_000_000 // max(1, self.y.size)))
-        for a in range(0, counts.shape[0], step):
-            w = counts[a:a + step][:, self.img].astype(np.float64)
-            tp = np.cumsum(w * self.y, axis=1)[:, self.ends]
-            fp = np.cumsum(w * ~self.y, axis=1)[:, self.ends]
-            p, n = tp[:, -1], fp[:, -1]
+        if metric not in CURVE_METRICS:
+            raise ValueError(f"metric must be one of {CURVE_METRICS}, got {metric!r}")
+        c = np.asarray(counts, np.float64)
+        p, n = c @ self.pos, c @ self.neg
+        out = np.full(c.shape[0], np.nan)
+        if self.pos.sum() == 0:
+            return out  # no positive at all
+        if metric == "auroc":
             with np.errstate(invalid="ignore", divide="ignore"):
-                if metric == "auroc":
-                    tp0 = np.c_[np.zeros(len(tp)), tp[:, :-1]]
-                    dfp = np.diff(fp, axis=1, prepend=0.0)
-                    v = np.sum(dfp * (tp + tp0), axis=1) / (2.0 * p * n)
-                elif metric == "ap":
+                out = np.sum((c @ self.u) * c, axis=1) / (p * n)
+            out[(p == 0) | (n == 0)] = np.nan
+            return out
+        m_tp, m_ge = self.tp_ge
+        step = max(1, int(2_000_000 // m_tp.shape[1]))
+        c32 = c.astype(np.float32)
+        for a in range(0, c.shape[0], step):
+            cc = c32[a:a + step]
+            pa = p[a:a + step, None]
+            tp, ge = (cc @ m_tp).astype(np.float64), (cc @ m_ge).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if metric == "ap":
                     dtp = np.diff(tp, axis=1, prepend=0.0)
-                    prec = np.where(tp + fp > 0, tp / np.where(tp + fp > 0, tp + fp, 1.0), 0.0)
-                    v = np.sum(dtp * prec, axis=1) / p
-                elif metric == "f1max":
-                    v = np.max(2.0 * tp / (tp + fp + p[:, None]), axis=1)
+                    v = np.sum(dtp * tp / np.where(tp + ge > 0, tp + ge, 1.0), axis=1) / pa[:, 0]
                 else:
-                    raise ValueError(f"metric must be one of {CURVE_METRICS}, got {metric!r}")
-            v[(p == 0) | (n == 0)] = np.nan  # one class in this resample: undefined
+                    v = np.max(2.0 * tp / (tp + ge + pa), axis=1)
             out[a:a + step] = v
+        out[(p == 0) | (n == 0)] = np.nan  # one class in this resample: undefined
         return out
 
 
@@ -197,6 +242,25 @@ def _percentile(dist: np.ndarray, level: float, what: str) -> tuple[float, float
     return float(lo), float(hi)
 
 
+def bootstrap_distribution(sample: Sample, metric: str, n_boot: int = 1000,
+                           rng: np.random.Generator | int = 0) -> tuple[float, np.ndarray]:
+    """(estimate, n_boot resampled values) of one stratum's stratified bootstrap. Means of such
+    distributions drawn independently per stratum are the bootstrap of the mean over strata,
+    so callers may cache them per stratum (the tables do)."""
+    m = _check_boot(metric, n_boot, 0.5)
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    srt = _Sorted(sample.labels, sample.scores, metric)
+    st = _strata(sample.labels, sample.strata, srt.n, metric)
+    est = srt.metric(np.ones((1, srt.n), np.int64), m)[0]
+    return float(est), srt.metric(_draw(st, n_boot, rng), m)
+
+
+def percentile_interval(dist: Any, level: float = 0.95, what: str = "bootstrap") -> tuple[float, float]:
+    """The percentile interval of a bootstrap distribution (undefined resamples left out, warned)."""
+    _check_level(level)
+    return _percentile(np.asarray(dist, np.float64), level, what)
+
+
 def bootstrap_combined(samples: Sequence[Sample], metric: str, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float, float]:
     """(estimate, lo, hi): the mean over strata of ``metric``, with the percentile interval of
@@ -206,11 +270,9 @@ def bootstrap_combined(samples: Sequence[Sample], metric: str, n_boot: int = 100
         raise ValueError("bootstrap: no samples")
     rng = np.random.default_rng(seed)
     est, dist = 0.0, np.zeros(n_boot)
-    for i, s in enumerate(samples):
-        srt = _Sorted(s.labels, s.scores, f"sample {i}")
-        st = _strata(s.labels, s.strata, srt.n, f"sample {i}")
-        est += srt.metric(np.ones((1, srt.n), np.int64), m)[0]
-        dist += srt.metric(_draw(st, n_boot, rng), m)
+    for s in samples:
+        e, d = bootstrap_distribution(s, m, n_boot, rng)
+        est, dist = est + e, dist + d
     est, dist = est / len(samples), dist / len(samples)
     return (float(est), *_percentile(dist, level, f"bootstrap of {metric}"))
 

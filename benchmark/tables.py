@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,14 +66,41 @@ class Stat:
         return self.n_failed == 0 and self.n_ok > 0 and bool(np.isfinite(self.mean))
 
 
+class BootCache(dict):
+    """(record hash, metric, n_boot, seed) -> (estimate, bootstrap distribution) of one record,
+    shared by every table, average row and bar chart of one report, so each is drawn once."""
+
+
+def boot_rng(record: dict, seed: int = BOOT_SEED) -> np.random.Generator:
+    """The bootstrap draws of one (dataset, category, seed) cell row: seeded by those, not by the
+    method, so every column of a row resamples the same images (their intervals move together),
+    while different categories draw independently (what an average over them needs)."""
+    c = record["config"]
+    key = f"{c['dataset']}/{c['category']}/{c['seed']}".encode()
+    return np.random.default_rng([seed, zlib.crc32(key)])
+
+
+def record_distribution(r: dict, metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                        cache: dict | None = None) -> tuple[float, np.ndarray] | None:
+    key = (r.get("hash"), metric, n_boot, seed)
+    if cache is None or key not in cache:
+        s = sample_of(r, metric)
+        value = None if s is None else stats.bootstrap_distribution(s, metric, n_boot, boot_rng(r, seed))
+        if cache is None:
+            return value
+        cache[key] = value
+    return cache[key]
+
+
 def aggregate(records: list[dict], metric: str, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-              level: float = LEVEL) -> Stat | None:
+              level: float = LEVEL, cache: dict | None = None) -> Stat | None:
     """The one seed aggregation: records of one column over one or several categories -> Stat.
 
     Per seed the value is the mean over the records' categories. >= 2 seeds: t-interval of those
     per-seed values. One seed: stratified bootstrap over evaluation images, each category resampled
-    independently and averaged (`stats.bootstrap_combined`); a pixel interval comes from the seeded
-    pixel subsample and is shifted onto the exact recorded value. None when there are no records."""
+    independently (`boot_rng`) and averaged, i.e. the bootstrap of the mean over categories; a pixel
+    interval comes from the seeded pixel subsample and is shifted onto the exact recorded value.
+    None when there are no records."""
     if not records:
         return None
     ok = [r for r in records if r.get("status") == "ok"]
@@ -87,10 +115,11 @@ def aggregate(records: list[dict], metric: str, n_boot: int = N_BOOT, seed: int 
         m, lo, hi = stats.t_interval(per_seed, level)
         return Stat(m, lo, hi, len(ok), n_failed, "t" if np.isfinite(lo) else "none")
     mean = float(per_seed[0])
-    samples = [sample_of(r, metric) for r in ok]
-    if not np.isfinite(mean) or any(s is None for s in samples):
+    dists = [record_distribution(r, metric, n_boot, seed, cache) for r in ok] if np.isfinite(mean) else [None]
+    if any(d is None for d in dists):
         return Stat(mean, math.nan, math.nan, len(ok), n_failed, "none")
-    est, lo, hi = stats.bootstrap_combined(samples, metric, n_boot=n_boot, seed=seed, level=level)
+    est = float(np.mean([e for e, _ in dists]))
+    lo, hi = stats.percentile_interval(np.mean([d for _, d in dists], axis=0), level, f"bootstrap of {metric}")
     shift = mean - est  # 0 for image metrics (sample_of checked it); pixel subsample -> exact value
     return Stat(mean, lo + shift, hi + shift, len(ok), n_failed, "bootstrap")
 
@@ -177,7 +206,8 @@ def _present(records: list[dict], metric: str) -> bool:
 
 
 def average_stats(cols: Columns, categories: list[str], metrics: tuple[str, ...],
-                  cell: dict[tuple[str, str, str], Stat | None]) -> tuple[list[str], dict[tuple[str, str], Stat | None]]:
+                  cell: dict[tuple[str, str, str], Stat | None],
+                  cache: dict | None = None) -> tuple[list[str], dict[tuple[str, str], Stat | None]]:
     """Categories where every column has a complete value for every metric, and each column's
     aggregate over exactly those categories."""
     eligible = [c for c in categories if all(cell.get((c, col, m)) is not None and cell[(c, col, m)].complete
@@ -186,17 +216,17 @@ def average_stats(cols: Columns, categories: list[str], metrics: tuple[str, ...]
     for col, rs in cols.records.items():
         sel = [r for r in rs if r["config"]["category"] in set(eligible)]
         for m in metrics:
-            avg[(col, m)] = aggregate(sel, m) if sel else None
+            avg[(col, m)] = aggregate(sel, m, cache=cache) if sel else None
     return eligible, avg
 
 
-def _cell_stats(cols: Columns, categories: list[str], metrics: tuple[str, ...]) -> dict:
+def _cell_stats(cols: Columns, categories: list[str], metrics: tuple[str, ...], cache: dict | None = None) -> dict:
     cell = {}
     for col, rs in cols.records.items():
         for c in categories:
             sel = [r for r in rs if r["config"]["category"] == c]
             for m in metrics:
-                cell[(c, col, m)] = aggregate(sel, m)
+                cell[(c, col, m)] = aggregate(sel, m, cache=cache)
     return cell
 
 
@@ -220,14 +250,15 @@ def interval_note(kinds: set[str], level: float = LEVEL) -> str:
     if "bootstrap" in kinds:
         parts.append(f"± = half-width of the {100 * level:g}% stratified per-image bootstrap percentile "
                      f"interval (one seed; {N_BOOT} resamples, seed {BOOT_SEED}; good and anomalous images "
-                     f"resampled separately; pixel metrics: images resampled with their stored pixel "
+                     f"resampled separately, categories independently; pixel metrics: images resampled with their stored pixel "
                      f"subsample, interval shifted onto the exact value)")
     if "none" in kinds:
         parts.append("no ± where no interval exists")
     return "; ".join(parts) or "no intervals"
 
 
-def build_table(records: list[dict], dataset: str, kind: str, run: str = "") -> Table | None:
+def build_table(records: list[dict], dataset: str, kind: str, run: str = "",
+                cache: dict | None = None) -> Table | None:
     """One metric kind's table for one data set; None when no record of it has these metrics."""
     metrics_all = KINDS[kind]
     ds = [r for r in records if r["config"]["dataset"] == dataset]
@@ -236,8 +267,9 @@ def build_table(records: list[dict], dataset: str, kind: str, run: str = "") -> 
         return None
     cols = columns(records, dataset)
     categories = sorted({r["config"]["category"] for r in ds})
-    cell = _cell_stats(cols, categories, metrics_all)
-    eligible, avg = average_stats(cols, categories, present, cell)
+    cache = BootCache() if cache is None else cache
+    cell = _cell_stats(cols, categories, metrics_all, cache)
+    eligible, avg = average_stats(cols, categories, present, cell, cache)
     partial = len(eligible) < len(categories)
     avg_label = AVERAGE if not partial else f"{AVERAGE} ({len(eligible)}/{len(categories)} categories){PARTIAL_MARK}"
     frame = pd.DataFrame(index=categories + [avg_label], columns=list(cols.records), dtype=object)
@@ -274,14 +306,16 @@ def stats_frame(t: Table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_tables(records: list[dict], out_dir: str | Path, run: str = "") -> dict[str, Table]:
+def write_tables(records: list[dict], out_dir: str | Path, run: str = "",
+                 cache: dict | None = None) -> dict[str, Table]:
     """Markdown, CSV (cells and their numbers) and LaTeX per data set and metric kind."""
+    cache = BootCache() if cache is None else cache
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Table] = {}
     for dataset in sorted({r["config"]["dataset"] for r in records}):
         for kind in KINDS:
-            t = build_table(records, dataset, kind, run)
+            t = build_table(records, dataset, kind, run, cache)
             if t is None:
                 continue
             (out_dir / f"{t.name}.md").write_text(t.markdown())
@@ -293,7 +327,7 @@ def write_tables(records: list[dict], out_dir: str | Path, run: str = "") -> dic
     return out
 
 
-def method_summary(records: list[dict], metric: str) -> pd.DataFrame:
+def method_summary(records: list[dict], metric: str, cache: dict | None = None) -> pd.DataFrame:
     """Per data set and column: the table's average-row Stat of ``metric`` (same categories for
     every column), for bar charts. Columns: dataset, method, generator, detector, mean, lo, hi,
     interval, n_categories, n_all."""
@@ -304,7 +338,8 @@ def method_summary(records: list[dict], metric: str) -> pd.DataFrame:
             continue
         cols = columns(records, dataset)
         cats = sorted({r["config"]["category"] for r in ds})
-        eligible, avg = average_stats(cols, cats, (metric,), _cell_stats(cols, cats, (metric,)))
+        cache = BootCache() if cache is None else cache
+        eligible, avg = average_stats(cols, cats, (metric,), _cell_stats(cols, cats, (metric,), cache), cache)
         for col, rs in cols.records.items():
             s = avg.get((col, metric))
             c = rs[0]["config"]

@@ -55,12 +55,14 @@ def test_aggregate_one_seed_bootstrap_matches_stats():
     r = make_record("a", "g")
     st = tables.aggregate([r], "image_auroc")
     e = r["eval"]
-    ref = stats.bootstrap_interval(e["label"], e["score"], "image_auroc", n_boot=1000, seed=0)
+    rng = tables.boot_rng(r)
+    ref = stats.bootstrap_interval(e["label"], e["score"], "image_auroc", n_boot=1000, seed=rng)
     assert st.interval == "bootstrap" and (st.mean, st.lo, st.hi) == pytest.approx(ref, abs=1e-12)
     # pixel interval: from the pixel subsample, shifted onto the exact recorded value (+0.01 here)
     sp = tables.aggregate([r], "pixel_auroc")
     ps = e["pixel_sample"]
-    est, lo, hi = stats.bootstrap_interval(ps["label"], ps["score"], "pixel_auroc", strata=e["label"])
+    est, lo, hi = stats.bootstrap_interval(ps["label"], ps["score"], "pixel_auroc", strata=e["label"],
+                                           seed=tables.boot_rng(r))
     assert sp.mean == pytest.approx(est + 0.01) and sp.lo == pytest.approx(lo + 0.01) and sp.hi == pytest.approx(hi + 0.01)
     # AUPRO cannot be resampled from scores: value without an interval
     sa = tables.aggregate([r], "pixel_aupro")
@@ -211,3 +213,20 @@ def test_compare_cli_prints_markdown(tmp_path, capsys):
     args = ap.parse_args(["compare", "r1", "good", "bad", "--metric", "pixel_apx", "--results-dir",
                           str(tmp_path / "runs")])
     assert compare.run(args, None) == 2 and "--metric pixel_apx not in the records" in capsys.readouterr().err
+
+
+def test_one_seed_average_row_is_bootstrap_of_the_category_mean():
+    recs = grid(categories=("a", "b"), generators=("g",))
+    t = tables.build_table(recs, "ds", "auroc")
+    dists = []
+    for r in recs:
+        e = r["eval"]
+        dists.append(stats.bootstrap_distribution(stats.Sample(e["label"], e["score"]), "auroc", 1000,
+                                                  tables.boot_rng(r))[1])
+    lo, hi = np.quantile(np.mean(dists, axis=0), [0.025, 0.975])
+    avg = t.stats[("average", "g", "image_auroc")]
+    assert (avg.lo, avg.hi) == pytest.approx((lo, hi), abs=1e-12)
+    assert avg.mean == pytest.approx(np.mean([r["metrics"]["image_auroc"] for r in recs]))
+    # categories draw independently: the average's interval is narrower than either category's
+    assert avg.hi - avg.lo < min(t.stats[(c, "g", "image_auroc")].hi - t.stats[(c, "g", "image_auroc")].lo
+                                 for c in "ab")
