@@ -155,7 +155,7 @@ class FeatureSegmenter(Detector):
             loss.backward()
             opt.step()
             sched.step()
-            self.loss_history.append(float(loss))
+            self.loss_history.append(float(loss.detach()))
         self.decoder.eval()
 
     @torch.no_grad()
