@@ -207,10 +207,13 @@ def ranking(records: list[dict], dataset: str, metric: str, detector: str | None
     the (category, seed) cells that every method has, each with a paired test against the best and
     Holm-adjusted p-values (Holm over the comparisons with the best). ``same_as_best`` is True
     where the adjusted p is >= ``alpha`` (not significantly different from the best); None where
-    no test exists (AUPRO / sPRO, or no pixel subsample)."""
+    no test exists (AUPRO / sPRO, or no pixel subsample). ``delta_vs_best`` is the exact difference
+    of the means; ``tested_delta`` with ``lo`` / ``hi`` / ``p`` is the bootstrapped statistic, the
+    same for image metrics and the pixel-subsample value for pixel metrics."""
     ok = [r for r in _ok(records) if r["config"]["dataset"] == dataset
           and (detector is None or r["config"]["detector"] == detector)]
-    cols = ["rank", "method", "mean", "delta_vs_best", "lo", "hi", "p", "p_holm", "same_as_best", "n_cells"]
+    cols = ["rank", "method", "mean", "delta_vs_best", "tested_delta", "lo", "hi", "p", "p_holm", "same_as_best",
+            "n_cells"]
     if not ok:
         return pd.DataFrame(columns=cols)
     several = len({r["config"]["detector"] for r in ok}) > 1
@@ -231,15 +234,15 @@ def ranking(records: list[dict], dataset: str, metric: str, detector: str | None
     best = order[0]
     rows = []
     for m in order:
-        row = {"method": m, "mean": means[m], "n_cells": len(common), "delta_vs_best": 0.0, "lo": math.nan,
-               "hi": math.nan, "p": math.nan}
+        row = {"method": m, "mean": means[m], "n_cells": len(common), "delta_vs_best": 0.0,
+               "tested_delta": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan}
         if m != best and common:
             pairs = [(cells[m][k], cells[best][k]) for k in common]
             samples = _paired_samples(pairs, metric) if stats.curve_metric(metric) else None
             row["delta_vs_best"] = means[m] - means[best]
             if samples is not None:
                 d, lo, hi, p = stats.paired_bootstrap_combined(samples, metric, n_boot=n_boot, seed=seed)
-                row.update(delta_vs_best=d, lo=lo, hi=hi, p=p)
+                row.update(tested_delta=d, lo=lo, hi=hi, p=p)
         rows.append(row)
     out = pd.DataFrame(rows)
     out["p_holm"] = np.nan
@@ -287,9 +290,13 @@ def ranking_markdown(df: pd.DataFrame, dataset: str, metric: str) -> str:
     head = (f"#### Ranking on {dataset} by {metric} (mean over {n}{'' if n == m else f'/{m}'} shared "
             f"(category, seed) cells); p: paired bootstrap vs the best, Holm-adjusted (Holm 1979); "
             f"= best: not significantly different from the best at α = {alpha}")
-    lines = [head, "", "| rank | method | mean | Δ vs best | interval | p (Holm) | = best |", "|---|---|---|---|---|---|---|"]
+    pix = metric.startswith("pixel_")
+    lines = [head + ("; tested Δ: on the records' pixel subsample" if pix else ""), "",
+             "| rank | method | mean | Δ vs best | tested Δ [95% interval] | p (Holm) | = best |",
+             "|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
-        iv = "–" if not np.isfinite(r["lo"]) else f"[{_pts(r['lo'], 1)}, {_pts(r['hi'], 1)}]"
+        iv = "–" if not np.isfinite(r["lo"]) else \
+            f"{_pts(r['tested_delta'], 1)} [{_pts(r['lo'], 1)}, {_pts(r['hi'], 1)}]"
         same = {True: "yes", False: "no", None: "?"}[r["same_as_best"]]
         mean = "–" if not np.isfinite(r["mean"]) else f"{100 * r['mean']:.1f}"
         lines.append(f"| {r['rank']} | {r['method']} | {mean} | {_pts(r['delta_vs_best'], 1)} | {iv} | "

@@ -1,5 +1,6 @@
 """Tables, report and comparisons from hand-made records: intervals, failed cells, honest averages."""
 import math
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,8 @@ from benchmark.config import ConfigError
 def make_record(category="a", generator="g", detector="unet", seed=0, *, dataset="ds", status="ok",
                 n_good=30, n_bad=20, shift=1.0, rng_seed=None, pixels=8, metrics=None, cfg=None):
     """A record as runner/cell write it, with per-image scores whose AUROC we know."""
-    rng = np.random.default_rng(hash((category, generator, seed)) % 2**32 if rng_seed is None else rng_seed)
+    key = zlib.crc32(f"{category}/{generator}/{seed}".encode())  # stable across processes (not hash())
+    rng = np.random.default_rng(key if rng_seed is None else rng_seed)
     labels = np.r_[np.zeros(n_good, int), np.ones(n_bad, int)]
     score = labels * shift + rng.normal(0, 1, labels.size)
     config = {"dataset": dataset, "category": category, "generator": generator, "detector": detector,
@@ -184,6 +186,7 @@ def test_ranking_marks_ties_with_best():
     p_twin, p_poor = r["p"].iloc[1], r["p"].iloc[2]
     assert r["p_holm"].iloc[2] == pytest.approx(min(1, 2 * p_poor))  # smallest of 2: times 2
     assert r["p_holm"].iloc[1] == pytest.approx(min(1, max(p_twin, 2 * p_poor)))
+    assert r["delta_vs_best"].iloc[1:].to_numpy() == pytest.approx(r["tested_delta"].iloc[1:].to_numpy())
     md = compare.ranking_markdown(r, "ds", "image_auroc")
     assert "Holm" in md and "| 3 | poor |" in md
 
@@ -230,3 +233,14 @@ def test_one_seed_average_row_is_bootstrap_of_the_category_mean():
     # categories draw independently: the average's interval is narrower than either category's
     assert avg.hi - avg.lo < min(t.stats[(c, "g", "image_auroc")].hi - t.stats[(c, "g", "image_auroc")].lo
                                  for c in "ab")
+
+
+def test_loco_spro_table_and_per_group_auroc_without_bootstrap(tmp_path):
+    recs = [make_record(c, g, dataset="mvtec_loco", metrics={"pixel_spro@0.05": 0.4 + 0.1 * i, "image_auroc": 0.77,
+                                                              "image_auroc_pooled": 0.7})
+            for i, c in enumerate(("breakfast_box", "pushpins")) for g in ("g", "h")]
+    out = tables.write_tables(recs, tmp_path)
+    t = out["mvtec_loco_spro"]
+    assert "AU-sPRO at FPR 0.05" in t.title and t.frame.at["pushpins", "g"] == "50.0"
+    # the per-group image AUROC is not the AUROC of the stored pooled scores: no bootstrap interval
+    assert out["mvtec_loco_auroc"].frame.at["pushpins", "g"].startswith("(77.0, ")
