@@ -226,6 +226,11 @@ def test_one_seed_average_row_is_bootstrap_of_the_category_mean():
         e = r["eval"]
         dists.append(stats.bootstrap_distribution(stats.Sample(e["label"], e["score"]), "auroc", 1000,
                                                   tables.boot_rng(r))[1])
+    def draw(r):
+        return tables.boot_rng(r).integers(1 << 30)
+
+    # categories draw independently; the columns of one row draw the same images
+    assert draw(recs[0]) != draw(recs[1]) and draw(make_record("a", "g")) == draw(make_record("a", "h"))
     lo, hi = np.quantile(np.mean(dists, axis=0), [0.025, 0.975])
     avg = t.stats[("average", "g", "image_auroc")]
     assert (avg.lo, avg.hi) == pytest.approx((lo, hi), abs=1e-12)
