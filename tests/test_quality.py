@@ -146,10 +146,11 @@ def test_quality_report_rows():
     rows = Q.quality_report(gen, real, sources={"scratch": src})
     assert [r["defect_type"] for r in rows] == ["hole", "scratch"]
     keys = {"defect_type", "n", "binariness", "area_mean_gen", "area_mean_real", "area_w1",
-            "outside_change", "is", "ic_lpips"}
+            "outside_change", "is", "ic_lpips", "mask_image_agreement", "copy_dist_mean", "copy_share"}
     assert all(set(r) == keys for r in rows)
     hole, scratch = rows
     assert hole["area_mean_real"] is None and hole["outside_change"] is None and hole["is"] is None
+    assert hole["mask_image_agreement"] is None and hole["copy_share"] is None
     assert scratch["n"] == 2 and scratch["binariness"] == 1.0
     assert scratch["area_mean_gen"] == pytest.approx((4 + 16) / 2 / 256)
     assert scratch["area_w1"] == pytest.approx(abs((4 + 16) / 2 / 256 - 16 / 256))
@@ -178,3 +179,43 @@ def test_inception_rejects_wrong_state_dict(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="quality.inception_weights.*inception_v3"):
         Q.inception_score([np.zeros((8, 8, 3), np.uint8)], str(path))
+
+
+def test_mask_image_agreement_exact():
+    """Change only inside the mask -> AUROC 1; change only in the ring around it -> 0; the
+    neighbourhood (mask dilated by margin) is all that counts."""
+    src = np.full((20, 20, 3), 100, np.uint8)
+    mask = np.zeros((20, 20), bool)
+    mask[8:12, 8:12] = True
+    inside = src.copy()
+    inside[mask] = 180
+    inside[0, 0] = 255                    # far outside the neighbourhood: ignored
+    assert Q.mask_image_agreement([inside], [src], [mask], margin=3) == 1.0
+    ring = src.copy()
+    ring[6:14, 6:14] = 180
+    ring[mask] = 100
+    assert Q.mask_image_agreement([ring], [src], [mask], margin=2) == 0.0
+    # half of the mask changed, nothing else: AUROC = 0.5 * 1 + 0.5 * 0.5 (ties) = 0.75
+    half = src.copy()
+    half[8:10, 8:12] = 180
+    assert Q.mask_image_agreement([half], [src], [mask], margin=3) == pytest.approx(0.75)
+    assert Q.mask_image_agreement([src], [src], [np.zeros((20, 20), bool)]) is None
+
+
+def test_copy_distance_finds_pasted_and_turned_references():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[4:14, 6:12] = True
+    ref = Pair(img, mask, "a")
+    moved = np.zeros_like(img)            # the same defect pasted elsewhere, turned 90 degrees
+    moved_mask = np.zeros_like(mask)
+    moved[18:24, 16:26] = np.rot90(img[4:14, 6:12])
+    moved_mask[18:24, 16:26] = True
+    copy = Pair(moved, moved_mask, "a")
+    other = Pair(np.full_like(img, 255), mask, "a")
+    out = Q.copy_distance([copy], [ref])
+    assert out["copy_dist_mean"] == pytest.approx(0.0, abs=1e-3) and out["copy_share"] == 1.0
+    out = Q.copy_distance([copy, other], [ref])
+    assert out["copy_share"] == 0.5 and out["copy_dist_mean"] > 0.1
+    assert Q.copy_distance([copy], []) == {"copy_dist_mean": None, "copy_share": None}
