@@ -221,8 +221,9 @@ def _draw(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return counts.reshape(n_boot, n)
 
 
-def _check_boot(metric: str, n_boot: int, level: float) -> str:
-    _check_level(level)
+def _check_boot(metric: str, n_boot: int, level: float | None = None) -> str:
+    if level is not None:
+        _check_level(level)
     m = curve_metric(metric)
     if m is None:
         raise ValueError(f"cannot bootstrap metric {metric!r}: only {CURVE_METRICS} (image_ / pixel_)")
@@ -247,7 +248,7 @@ def bootstrap_distribution(sample: Sample, metric: str, n_boot: int = 1000,
     """(estimate, n_boot resampled values) of one stratum's stratified bootstrap. Means of such
     distributions drawn independently per stratum are the bootstrap of the mean over strata,
     so callers may cache them per stratum (the tables do)."""
-    m = _check_boot(metric, n_boot, 0.5)
+    m = _check_boot(metric, n_boot)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     srt = _Sorted(sample.labels, sample.scores, metric)
     st = _strata(sample.labels, sample.strata, srt.n, metric)

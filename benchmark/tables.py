@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .compare import check_unique, method_name, metric_value, record_file, sample_of  # noqa: F401
+from .compare import check_unique, method_name, metric_value, sample_of
 
 KINDS: dict[str, tuple[str, ...]] = {
     "auroc": ("image_auroc", "pixel_auroc"),

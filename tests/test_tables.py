@@ -3,7 +3,6 @@ import math
 import zlib
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from benchmark import compare, stats, tables
