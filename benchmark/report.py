@@ -125,6 +125,17 @@ def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path, cache: dic
     return paths
 
 
+def _run_label(run_dir: Path) -> str:
+    """The run's name, plus its preset where the run manifest (run.json) records one."""
+    import json
+
+    try:
+        preset = json.loads((run_dir / "run.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        preset = None
+    return run_dir.name + (f" (preset {preset})" if preset else "")
+
+
 def build_report(run_dir: str | Path, console: Console | None = None, figures: bool = True) -> dict[str, str]:
     run_dir = Path(run_dir)
     records = store.load_records(run_dir)
@@ -134,7 +145,7 @@ def build_report(run_dir: str | Path, console: Console | None = None, figures: b
         return {}
     out = run_dir / "tables"
     cache = tables.BootCache()  # each record's bootstrap drawn once for every table and figure
-    tabs = tables.write_tables(records, out, run=run_dir.name, cache=cache)
+    tabs = tables.write_tables(records, out, run=_run_label(run_dir), cache=cache)
     shown = {name: t.markdown() for name, t in tabs.items()}
     frame = store.records_frame(records)
     if not frame.empty:

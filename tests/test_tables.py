@@ -248,3 +248,28 @@ def test_loco_spro_table_and_per_group_auroc_without_bootstrap(tmp_path):
     assert "AU-sPRO at FPR 0.05" in t.title and t.frame.at["pushpins", "g"] == "50.0"
     # the per-group image AUROC is not the AUROC of the stored pooled scores: no bootstrap interval
     assert out["mvtec_loco_auroc"].frame.at["pushpins", "g"].startswith("(77.0, ")
+
+
+def test_build_report_end_to_end_from_stored_records(tmp_path):
+    from benchmark import store
+    from benchmark.config import RECORD_SCHEMA, CellConfig
+    from benchmark.report import build_report
+
+    run_dir = tmp_path / "r2"
+    for c in ("bottle", "carpet", "wood"):
+        for g, shift in (("cutpaste", 2.0), ("none", 0.5)):
+            status = "failed" if (c, g) == ("wood", "none") else "ok"
+            r = make_record(c, g, shift=shift, status=status)
+            cfg = CellConfig(dataset="mvtec_ad", category=c, generator=g, detector="unet", seed=0)
+            r.update(config=cfg.to_dict(), hash=cfg.hash(), schema=RECORD_SCHEMA)
+            store.write_record(run_dir, r)
+    shown = build_report(run_dir, figures=True)
+    md = shown["mvtec_ad_auroc"]
+    assert "| wood " in md and "failed" in md and "average (2/3 categories)†" in md
+    assert "average over the same 2 categories (from the paper's rows)" in md  # bottle, carpet only
+    assert "(97.3, 94.7)" in md  # DRAEM Table II, mean of its bottle and carpet rows
+    assert "98.7‡" in md  # DRAEM's printed pixel AUROC average is not the mean of its rows
+    rank = shown["mvtec_ad_ranking"]
+    assert "Holm" in rank and "| 1 | cutpaste |" in rank and "| 2 | no augmentation |" in rank
+    assert (run_dir / "tables" / "mvtec_ad_aupro.md").is_file() and (run_dir / "tables" / "mvtec_ad_f1max.md").is_file()
+    assert (run_dir / "figures" / "bars_image_auroc.png").is_file()
