@@ -51,7 +51,8 @@ _NOT_COLUMN = {"category", "seed", "device", "threads"}
 @dataclass(frozen=True)
 class Stat:
     """A metric over the seeds (and categories) of one column: mean and interval bounds (NaN when
-    none), how many records succeeded / failed, and which interval: "t", "bootstrap" or "none"."""
+    none), how many records succeeded / failed, and which interval: "t", "bootstrap" or "none".
+    ``n_undefined``: successful seeds whose value is undefined (NaN), left out of the mean."""
 
     mean: float
     lo: float
@@ -59,11 +60,12 @@ class Stat:
     n_ok: int
     n_failed: int
     interval: str
+    n_undefined: int = 0
 
     @property
     def complete(self) -> bool:
-        """Counts toward an average row: no failed seed and a finite value."""
-        return self.n_failed == 0 and self.n_ok > 0 and bool(np.isfinite(self.mean))
+        """Counts toward an average row: no failed seed and a finite value for every seed."""
+        return self.n_failed == 0 and self.n_undefined == 0 and self.n_ok > 0 and bool(np.isfinite(self.mean))
 
 
 class BootCache(dict):
@@ -113,7 +115,8 @@ def aggregate(records: list[dict], metric: str, n_boot: int = N_BOOT, seed: int 
     per_seed = np.array([np.mean([metric_value(r, metric) for r in rs]) for rs in by_seed.values()])
     if len(by_seed) >= 2:
         m, lo, hi = stats.t_interval(per_seed, level)
-        return Stat(m, lo, hi, len(ok), n_failed, "t" if np.isfinite(lo) else "none")
+        undefined = int((~np.isfinite(per_seed)).sum())
+        return Stat(m, lo, hi, len(ok), n_failed, "t" if np.isfinite(lo) else "none", undefined)
     mean = float(per_seed[0])
     dists = [record_distribution(r, metric, n_boot, seed, cache) for r in ok] if np.isfinite(mean) else [None]
     if any(d is None for d in dists):
@@ -135,6 +138,8 @@ def format_stat(st: Stat | None, digits: int = 1) -> str:
         s += f" ±{100 * (st.hi - st.lo) / 2:.{digits}f}"
     if st.n_failed:
         s += f" ({st.n_failed} failed)"
+    if st.n_undefined and np.isfinite(st.mean):
+        s += f" ({st.n_undefined} n/a)"
     return s
 
 
@@ -296,6 +301,8 @@ def build_table(records: list[dict], dataset: str, kind: str, run: str = "",
     if any(s.n_failed for s in table_stats.values()):
         notes.append("failed: every seed of that cell failed; (k failed): k seeds failed, the value is over the "
                      "rest; errors are in the records")
+    if any(s.n_undefined for s in table_stats.values()):
+        notes.append("(k n/a): the metric is undefined for k seeds (e.g. one class); the value is over the rest")
     return Table(f"{dataset}_{kind}", title, frame, table_stats, eligible, categories, notes)
 
 
@@ -328,8 +335,8 @@ def write_tables(records: list[dict], out_dir: str | Path, run: str = "",
 
 
 def method_summary(records: list[dict], metric: str, cache: dict | None = None) -> pd.DataFrame:
-    """Per data set and column: the table's average-row Stat of ``metric`` (same categories for
-    every column), for bar charts. Columns: dataset, method, generator, detector, mean, lo, hi,
+    """Per data set and column: the table's average-row Stat of ``metric`` (the same categories
+    as that table's average row, for every column), for bar charts. Columns: dataset, method, generator, detector, mean, lo, hi,
     interval, n_categories, n_all."""
     rows = []
     for dataset in sorted({r["config"]["dataset"] for r in records}):
@@ -339,7 +346,10 @@ def method_summary(records: list[dict], metric: str, cache: dict | None = None) 
         cols = columns(records, dataset)
         cats = sorted({r["config"]["category"] for r in ds})
         cache = BootCache() if cache is None else cache
-        eligible, avg = average_stats(cols, cats, (metric,), _cell_stats(cols, cats, (metric,), cache), cache)
+        # the same categories as the average row of the table that shows this metric
+        kind = next((k for k, ms in KINDS.items() if metric in ms), None)
+        together = tuple(m for m in KINDS[kind] if _present(ds, m)) if kind else (metric,)
+        eligible, avg = average_stats(cols, cats, together, _cell_stats(cols, cats, together, cache), cache)
         for col, rs in cols.records.items():
             s = avg.get((col, metric))
             c = rs[0]["config"]

@@ -135,8 +135,11 @@ def test_write_tables_kinds(tmp_path):
 
 def test_method_summary_feeds_bars_with_table_intervals():
     recs = grid(seeds=(0, 1))
+    recs[0]["metrics"]["pixel_auroc"] = None  # category a lacks a pixel value: out of the auroc average
     s = tables.method_summary(recs, "image_auroc")
     t = tables.build_table(recs, "ds", "auroc")
+    assert t.eligible == ["b", "c"] and set(s["n_categories"]) == {2}
+    assert t.frame.at["a", "g"].endswith(" (1 n/a))") and any("(k n/a)" in n for n in t.notes)
     for _, row in s.iterrows():
         st = t.stats[("average", row["method"], "image_auroc")]
         assert (row["mean"], row["lo"], row["hi"]) == (st.mean, st.lo, st.hi)
