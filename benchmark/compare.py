@@ -76,8 +76,14 @@ def sample_of(r: dict, metric: str, order: np.ndarray | None = None) -> stats.Sa
         ps = r["eval"].get("pixel_sample")
         if not ps:
             return None
-        return stats.Sample(np.asarray(ps["label"], np.int64)[sel], np.asarray(ps["score"], np.float64)[sel],
-                            strata=labels[sel])
+        try:
+            plab, psc = np.asarray(ps["label"], np.int64), np.asarray(ps["score"], np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{record_file(r)}: eval.pixel_sample is malformed ({e})") from None
+        if plab.ndim != 2 or plab.shape != psc.shape or plab.shape[0] != labels.size:
+            raise ConfigError(f"{record_file(r)}: eval.pixel_sample label {plab.shape} / score {psc.shape} must both "
+                              f"be ({labels.size}, K), one row per evaluation image")
+        return stats.Sample(plab[sel], psc[sel], strata=labels[sel])
     recorded = metric_value(r, metric)
     if np.unique(labels).size < 2:
         return None

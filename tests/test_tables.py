@@ -170,6 +170,10 @@ def test_compare_refuses_other_eval_images():
     b["eval"]["image_id"][0] = "elsewhere"
     with pytest.raises(ConfigError, match="not evaluated on the same images"):
         compare.compare_runs([a, b], "g", "h")
+    b = make_record("a", "h")
+    b["eval"]["pixel_sample"]["score"] = b["eval"]["pixel_sample"]["score"][:-1]
+    with pytest.raises(ConfigError, match=r"cells/ds-a-h-unet-0-ok\.json: eval.pixel_sample label \(50, 8\)"):
+        compare.compare_runs([a, b], "g", "h", metrics=("pixel_auroc",))
     c = make_record("a", "h", cfg={"eval_size": 128})
     with pytest.raises(ConfigError, match="differ in eval_size"):
         compare.compare_runs([a, c], "g", "h")
