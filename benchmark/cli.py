@@ -14,7 +14,7 @@ from .registry import UnknownNameError
 from .store import RecordError
 
 # subcommands that live in their own module: module.add_parser(subparsers), module.run(args, console)
-PLUGGED: dict[str, str] = {}
+PLUGGED: dict[str, str] = {"compare": "benchmark.compare"}
 SUBCOMMANDS = ("run", "report", "samples", "list", *PLUGGED)
 
 
