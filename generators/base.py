@@ -54,6 +54,8 @@ class Generator(ABC):
     needs_anomalies: bool = False
     edits_normal: bool = True
     uses_aux_images: bool = False  # True: the runner fills FitData.aux_images (costs image loads)
+    edit_margin: int = 0           # edits_normal: pixels farther than this from the mask are the
+                                   # normal's own (a blended seam may reach this far; 0: none)
 
     def __init__(self, **cfg):
         self.cfg = cfg

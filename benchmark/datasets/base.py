@@ -36,15 +36,26 @@ class DatasetAdapter:
     has_masks: bool = True            # False: image-level labels only (pixel metrics n/a)
     object_categories: frozenset[str] = frozenset()
     needs_root: bool = True
+    config_class: type | None = None  # the settings dataclass (benchmark.schema); None: no settings
 
     def __init__(self, root: str | Path | None = None, **cfg):
         self.cfg = cfg
+        self.config = self.resolve_config(cfg, f"dataset_cfg.{self.name or type(self).__name__}")
         self.root = Path(root).expanduser() if root is not None else None
         if self.needs_root:
             if self.root is None:
                 raise DataError(f"data set {self.name!r} needs --data-root (the folder of its official release)")
             if not self.root.is_dir():
                 raise DataError(f"data set {self.name!r}: data root {str(self.root)!r} does not exist")
+
+    @classmethod
+    def resolve_config(cls, cfg: dict, where: str, variant: str | None = None):
+        """The settings dataclass from a dict (see `generators.base.Generator.resolve_config`)."""
+        from benchmark.schema import build, reject_settings
+
+        if cls.config_class is None:
+            return reject_settings(cfg, where)
+        return build(cls.config_class, cfg, where)
 
     def categories(self) -> list[str]:
         raise NotImplementedError

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..schema import option
 from . import register_dataset
 from .base import DataError, DatasetAdapter
 
@@ -29,15 +30,10 @@ ELPV_TYPES = ("mono", "poly")
 
 @dataclass(frozen=True)
 class ELPVConfig:
-    anomalous_threshold: float = 1.0   # probability at or above which a cell counts as defective
-    seed: int = 0                      # seeds the train/test split of the normals
-    train_fraction: float = 0.5        # share of each category's normals used for training
-
-    def __post_init__(self):
-        if not 0.0 < self.anomalous_threshold <= 1.0:
-            raise ValueError(f"elpv: anomalous_threshold must be in (0, 1], got {self.anomalous_threshold}")
-        if not 0.0 < self.train_fraction < 1.0:
-            raise ValueError(f"elpv: train_fraction must be in (0, 1), got {self.train_fraction}")
+    anomalous_threshold: float = option(1.0, gt=0.0, le=1.0,
+                                        help="probability at or above which a cell counts as defective")
+    seed: int = option(0, ge=0, help="seeds the train/test split of the normals")
+    train_fraction: float = option(0.5, gt=0.0, lt=1.0, help="share of each category's normals used for training")
 
 
 def package_root() -> Path:
@@ -82,13 +78,10 @@ class ELPV(DatasetAdapter):
     # a cropped cell fills the whole frame: no background, so generators paste anywhere
     object_categories = frozenset()
 
+    config_class = ELPVConfig
+
     def __init__(self, root=None, **cfg):
         super().__init__(root, **cfg)
-        unknown = sorted(set(cfg) - set(ELPVConfig.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"elpv: unknown config field(s) {unknown}; known: "
-                             f"{sorted(ELPVConfig.__dataclass_fields__)}")
-        self.config = ELPVConfig(**cfg)
         if self.root is not None and not self.root.is_dir():
             raise DataError(f"elpv: data root {str(self.root)!r} does not exist")
         self.data_root = self.root if self.root is not None else package_root()

@@ -15,13 +15,14 @@ not depend on which copy is read. Masks store 0/1/2; ``load_mask`` binarises the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ..schema import option
 from . import register_dataset
-from .base import DataError, DatasetAdapter
-from .base import require_category_dir
+from .base import DataError, DatasetAdapter, require_category_dir
 from .mvtec_ad import mvtec_layout_samples
 
 VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
@@ -86,16 +87,22 @@ def official_samples(root: Path, table: pd.DataFrame, category: str, csv_path: P
     return pd.DataFrame(rows).sort_values("image_path", ignore_index=True)
 
 
+@dataclass
+class VisAConfig:
+    layout: str = option("auto", choices=LAYOUTS,
+                         help="official: split_csv/1cls.csv release; visa_pytorch: anomalib's converted folder")
+
+
 @register_dataset("visa")
 class VisA(DatasetAdapter):
     name = "visa"
     object_categories = frozenset(VISA_CATEGORIES)  # all twelve are objects
 
+    config_class = VisAConfig
+
     def __init__(self, root=None, **cfg):
         super().__init__(root, **cfg)
-        layout = cfg.get("layout", "auto")
-        if layout not in LAYOUTS:
-            raise DataError(f"visa: layout {layout!r} is not one of {list(LAYOUTS)}")
+        layout = self.config.layout
         self.csv_path = self.root / "split_csv" / "1cls.csv"
         converted = self.root / "visa_pytorch"
         has_converted = converted.is_dir() or any(
