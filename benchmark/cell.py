@@ -1,41 +1,31 @@
-"""One cell of the grid: data table -> split -> generator (cached) -> detector -> metrics -> record.
+"""One cell of the grid, as steps: data table -> split -> generated set (benchmark.generation) ->
+detector -> evaluation (benchmark.evaluation) -> record.
 
-Each step hands the next a plain value; the record is a JSON-able dict (see benchmark.store).
+Each step hands the next a plain value; the record is a JSON-able dict whose layout is written
+down in docs/records.md and checked on read by benchmark.store.
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 import traceback
 from datetime import datetime, timezone
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from detectors import DetectorContext, create_detector
-from generators import FitData, Pair, create_generator, get_generator_class
+from generators import Pair
 
-from . import cache as gcache
-from . import schema
 from .config import CellConfig
-from .datasets import DataError, DatasetAdapter, create_dataset, load_image, load_mask
+from .datasets import DataError, create_dataset, load_image, load_mask
 from .evaluation import evaluate_with_sample
-from .split import Split, few_shot_split, stable_seed
-from .store import file_lock
+from .generation import NO_GENERATOR, Progress, log, make_pairs
+from .split import few_shot_split
 from .versions import package_versions
 
-NO_GENERATOR = "none"  # the "no augmentation" column: unsupervised detectors train on normals only
-
-Progress = Callable[[str], None]
-
-
-def _log(progress: Progress | None, msg: str) -> None:
-    if progress is not None:
-        progress(msg)
+__all__ = ["NO_GENERATOR", "load_images", "load_masks", "make_pairs", "run_cell"]
 
 
 def load_images(df: pd.DataFrame, size: int) -> np.ndarray:
@@ -48,109 +38,6 @@ def load_masks(df: pd.DataFrame, size: int) -> np.ndarray:
     if not len(df):
         return np.zeros((0, size, size), bool)
     return np.stack([load_mask(tuple(mp), size, image_path=ip) for ip, mp in zip(df["image_path"], df["mask_paths"])])
-
-
-def aux_images(adapter: DatasetAdapter, category: str, size: int, per_category: int = 10) -> list[np.ndarray]:
-    """A few normal train images of the other categories: DRAEM's default texture source."""
-    out = []
-    for other in adapter.categories():
-        if other == category:
-            continue
-        df = adapter.samples(other)
-        df = df[(df["split"] == "train") & (df["label"] == 0)].head(per_category)
-        out.extend(load_image(p, size) for p in df["image_path"])
-    return out
-
-
-def generator_key(cfg: CellConfig, split: Split, gen) -> str:
-    """Everything a generated set depends on: the generator's RESOLVED config (defaults and
-    preset files included, so editing configs/dhdiff_quick.yaml regenerates), its version
-    token, the data, the split and the seed."""
-    return gcache.cache_key({
-        "generator": gen.registry_name or cfg.generator, "generator_cfg": schema.resolved(gen.config),
-        "token": gen.cache_token(),
-        "dataset": cfg.dataset, "dataset_cfg": cfg.dataset_cfg, "category": cfg.category,
-        "image_size": cfg.image_size, "seed": cfg.seed, "n": cfg.pairs_per_defect,
-        "few_shot": sorted(split.few_shot["image_id"]), "normals": sorted(split.train_normals["image_id"]),
-    })
-
-
-@dataclass
-class GeneratedSet:
-    pairs: list[Pair]
-    from_cache: bool
-    real: list[Pair]          # the few-shot real anomalies the generator saw
-    root: Path                # folder of the cached set
-    stats: dict               # the generator's own counters (retries, fallbacks ...), see Generator.stats
-    discarded: str | None = None  # why a damaged cached set was thrown away and made again
-
-
-def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: np.ndarray,
-               cache_dir: str | Path, progress: Progress | None = None) -> GeneratedSet:
-    """Fit the generator on the few-shot half and generate, or read the cached set.
-
-    Seeds: fit and sampling seeds come from (seed, category[, defect type]) only — never the
-    generator's name — so within one seed every generator starts from the same random state
-    (common random numbers) and a renamed variant gives the same pairs."""
-    gen_cls = get_generator_class(cfg.generator)
-    if getattr(gen_cls, "needs_masks", False) and not adapter.has_masks:
-        raise ValueError(f"generator {cfg.generator!r} needs pixel masks of real anomalies, but data set "
-                         f"{cfg.dataset!r} has image-level labels only; choose a mask-free generator "
-                         f"(e.g. cutpaste, draem)")
-    few = split.few_shot
-    real = [Pair(load_image(r.image_path, cfg.image_size),
-                 load_mask(tuple(r.mask_paths), cfg.image_size, image_path=r.image_path) if adapter.has_masks
-                 else np.zeros((cfg.image_size,) * 2, bool), r.defect_type)
-            for r in few.itertuples(index=False)]
-    defect_types = sorted(few["defect_type"].unique()) or ["synthetic"]
-    gen = create_generator(cfg.generator, **cfg.generator_cfg)
-    key = generator_key(cfg, split, gen)
-    root = gcache.set_dir(cache_dir, key)
-    with file_lock(gcache.lock_path(root),
-                   on_wait=lambda: _log(progress, "waiting for another process generating this set")):
-        gcache.clean_stale(root)
-        discarded = None
-        try:
-            cached = gcache.load_pairs(root)
-        except gcache.CacheError as e:
-            discarded = str(e)
-            _log(progress, f"{e}; discarded, generating again")
-            gcache.discard(root)
-            cached = None
-        if cached is not None:
-            _log(progress, f"generated set from cache {root}")
-            stats = json.loads((root / "manifest.json").read_text()).get("stats", {})
-            return GeneratedSet(cached, True, real, root, stats)
-        if getattr(gen_cls, "needs_anomalies", False) and not real:
-            raise ValueError(f"generator {cfg.generator!r} needs few-shot anomalies, but the split gave none "
-                             f"for {cfg.dataset}/{cfg.category}")
-        use_aux = getattr(gen_cls, "uses_aux_images", False)
-        work_dir = Path(cache_dir) / "work" / f"{cfg.generator}-{key}"
-        fit = FitData(category=cfg.category, normals=list(normals), anomalies=real, defect_types=defect_types,
-                      is_object=adapter.is_object(cfg.category),
-                      aux_images=aux_images(adapter, cfg.category, cfg.image_size) if use_aux else [],
-                      device=cfg.device, work_dir=work_dir, image_size=cfg.image_size)
-        rng = np.random.default_rng(stable_seed(cfg.seed, cfg.category, "fit"))
-        _log(progress, f"fitting generator {cfg.generator}")
-        gen.fit(fit, rng)
-        pairs: list[Pair] = []
-        for d in defect_types:
-            _log(progress, f"generating {cfg.pairs_per_defect} {d} pairs")
-            drng = np.random.default_rng(stable_seed(cfg.seed, cfg.category, d))
-            pairs.extend(gen.generate(cfg.pairs_per_defect, d, drng))
-        for p in pairs:
-            if p.image.shape != (cfg.image_size, cfg.image_size, 3) or p.image.dtype != np.uint8:
-                raise ValueError(f"generator {cfg.generator!r} returned an image of shape {p.image.shape} "
-                                 f"{p.image.dtype}; expected ({cfg.image_size}, {cfg.image_size}, 3) uint8")
-            if p.mask.shape != p.image.shape[:2]:
-                raise ValueError(f"generator {cfg.generator!r} returned a mask of shape {p.mask.shape}")
-            p.mask = p.mask.astype(bool)
-        stats = dict(gen.stats())
-        gcache.save_pairs(root, pairs, {"generator": cfg.generator, "category": cfg.category,
-                                        "dataset": cfg.dataset, "config": schema.resolved(gen.config),
-                                        "seed": cfg.seed, "key": key, "token": gen.cache_token(),
-                                        "stats": stats})
-    return GeneratedSet(pairs, False, real, root, stats, discarded)
 
 
 def _torch_threads() -> int:
@@ -212,7 +99,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         if cfg.generator != NO_GENERATOR and detector.uses_pairs and not pairs:
             raise ValueError(f"generator {cfg.generator!r} made no pairs for {cfg.dataset}/{cfg.category}: "
                              f"a detector trained on none would not measure it")
-        _log(progress, f"training detector {cfg.detector}")
+        log(progress, f"training detector {cfg.detector}")
         ctx = DetectorContext(category=cfg.category, device=cfg.device, seed=cfg.seed,
                               image_size=cfg.image_size,
                               work_dir=Path(cache_dir) / "work" / f"det-{cfg.hash()}")

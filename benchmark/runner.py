@@ -13,9 +13,9 @@ from generators import get_generator_class, list_generators
 
 from . import runs, schema, store
 from .cell import NO_GENERATOR, run_cell
-from .evaluation import check_ready
 from .config import CellConfig, ConfigError, RunConfig
 from .datasets import create_dataset, list_datasets
+from .evaluation import check_ready
 from .registry import UnknownNameError
 
 
@@ -133,7 +133,8 @@ def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
         for det in cfg.detectors:
             gens = cfg.generators if _uses_pairs(det, components[("detector", det)]) else [NO_GENERATOR]
             if not adapter.has_masks:  # image-level data: mask-needing generators are refused
-                refused = [g for g in gens if g != NO_GENERATOR and getattr(get_generator_class(g), "needs_masks", False)]
+                refused = [g for g in gens
+                           if g != NO_GENERATOR and getattr(get_generator_class(g), "needs_masks", False)]
                 skipped.extend(f"{g} skipped on {dataset}: it needs pixel masks of real anomalies and "
                                f"{dataset} has image-level labels only" for g in refused)
                 gens = [g for g in gens if g not in refused]

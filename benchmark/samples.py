@@ -5,9 +5,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .cell import load_images, make_pairs
+from .cell import load_images
 from .config import RunConfig
 from .datasets import create_dataset
+from .generation import make_pairs
 from .split import few_shot_split
 
 
@@ -16,7 +17,6 @@ def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = 
     from generators import get_generator_class
 
     from .plots import pair_grid
-
     from .runner import resolve_components
 
     get_generator_class(generator)  # unknown name: one-line error before any work
