@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.schema import ConfigError, option
+from benchmark.schema import option
 from generators.base import Pair
 
 from . import register_detector
-from .backbones import BACKBONES, check_weights, load_backbone
+from .backbones import BACKBONES, load_backbone
 from .base import Detector, DetectorContext
 from .unet import cap_pairs, focal_loss, image_scores, soft_dice_loss
 
@@ -78,15 +78,6 @@ class FeatureDecoder(nn.Module):
 class FeatureSegmenter(Detector):
     uses_pairs = True
     config_class = FeatureSegmenterConfig
-
-    @classmethod
-    def resolve_config(cls, cfg: dict, where: str, variant: str | None = None) -> FeatureSegmenterConfig:
-        """The config, plus the plan-time check that the backbone weights are on disk."""
-        config = super().resolve_config(cfg, where)
-        problem = check_weights({"backbone": config.backbone, "backbone_weights": config.backbone_weights}, where)
-        if problem:
-            raise ConfigError(problem)
-        return config
 
     def __init__(self, **cfg):
         super().__init__(**cfg)

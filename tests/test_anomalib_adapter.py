@@ -266,21 +266,25 @@ def test_backbone_weights_reach_the_anomalib_model(fake_imagenet, monkeypatch):
     assert padim.model_kwargs["n_features"] == 550  # anomalib has no default for a module backbone
 
 
-def test_missing_backbone_weights_refused_at_plan_time(tmp_path, monkeypatch):
-    from benchmark.schema import ConfigError
+def test_missing_backbone_weights_found_on_the_resolved_config(tmp_path, monkeypatch):
+    """Plan resolves the config (pure) then asks backbones.check_weights (the environment)."""
+    from benchmark.schema import ConfigError, resolved
     from detectors import get_detector_class
+    from detectors.backbones import check_weights
 
     monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(tmp_path / "empty"))
     cls = get_detector_class("anomalib:Padim")
-    with pytest.raises(ConfigError) as err:
-        cls.resolve_config({"backbone_weights": "imagenet", "layers": ["layer1"]}, "detector_cfg.anomalib:Padim", "Padim")
-    msg = str(err.value)
+    where = "detector_cfg.anomalib:Padim"
+    cfg = resolved(cls.resolve_config({"backbone_weights": "imagenet", "layers": ["layer1"]}, where, "Padim"))
+    msg = check_weights(cfg, where)
     assert msg.startswith("detector_cfg.anomalib:Padim.backbone_weights: ") and "make weights" in msg
     assert "\n" not in msg
+    assert check_weights(resolved(cls.resolve_config({}, where, "Padim")), where) is None  # timm path
     with pytest.raises(ConfigError, match=r"backbone: 'wide_resnet50_2' with backbone_weights"):
         cls.resolve_config({"backbone_weights": "none", "backbone": "wide_resnet50_2"}, "d", "Patchcore")
-    resolved = cls.resolve_config({"backbone_weights": "none", "n_features": 20}, "d", "Padim")
-    assert resolved["backbone_weights"] == "none" and resolved["batch_size"] == 8 and resolved["n_features"] == 20
+    resolved_none = cls.resolve_config({"backbone_weights": "none", "n_features": 20}, "d", "Padim")
+    assert resolved_none["backbone_weights"] == "none" and resolved_none["batch_size"] == 8
+    assert resolved_none["n_features"] == 20 and check_weights(resolved_none, "d") is None
 
 
 def test_pairs_used_per_model_without_building():

@@ -1,5 +1,7 @@
 """The frozen-encoder segmenter: trains its decoder on the pairs, ranks a pasted square above
 normals, is seeded, records its weights and refuses missing weights at plan time."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -54,9 +56,14 @@ def test_learns_pairs_seeded_and_records_weights(weights_cache, monkeypatch):
     np.testing.assert_array_equal(maps, maps2)
 
 
-def test_missing_weights_refused_at_plan_time(tmp_path, monkeypatch):
+def test_missing_weights_found_on_the_resolved_config(tmp_path, monkeypatch):
+    from benchmark.schema import resolved
+    from detectors.backbones import check_weights
+
     monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(tmp_path / "none_here"))
-    with pytest.raises(ConfigError, match=r"^detector_cfg\.feature_segmenter\.backbone_weights: .*make weights"):
-        get_detector_class("feature_segmenter").resolve_config({}, "detector_cfg.feature_segmenter")
+    where = "detector_cfg.feature_segmenter"
+    cfg = resolved(get_detector_class("feature_segmenter").resolve_config({}, where))
+    assert cfg["backbone_weights"] == "imagenet"
+    assert re.match(r"^detector_cfg\.feature_segmenter\.backbone_weights: .*make weights", check_weights(cfg, where))
     with pytest.raises(ConfigError, match="steps"):
         get_detector_class("feature_segmenter").resolve_config({"steps": 0, "backbone_weights": "none"}, "d")

@@ -62,8 +62,9 @@ class AnomalibDetector(Detector):
     @classmethod
     def resolve_config(cls, cfg: dict, where: str, variant: str | None = None) -> dict:
         """Adapter options filled in and checked, model kwargs checked against the model class
-        (when ``variant``, the model name, is known), backbone weights present on disk; a
-        ConfigError naming the key otherwise (this runs at plan time, before any work)."""
+        (when ``variant``, the model name, is known); a ConfigError naming the key otherwise.
+        Whether the backbone weights are on disk is an environment question, not a config one:
+        plan asks `detectors.backbones.check_weights` on the resolved dict."""
         from benchmark.schema import ConfigError, build
 
         given, kwargs = split_cfg(dict(cfg))
@@ -73,10 +74,9 @@ class AnomalibDetector(Detector):
                 check_model_kwargs(resolve_model_class(variant), kwargs)
             except ValueError as e:
                 raise ConfigError(f"{where}: {e}") from None
-        problem = None if opts.backbone_weights == TIMM else backbones.check_weights(
-            {**kwargs, "backbone_weights": opts.backbone_weights}, where)
-        if problem:
-            raise ConfigError(problem)
+        if opts.backbone_weights != TIMM and kwargs.get("backbone", "resnet50") not in backbones.BACKBONES:
+            raise ConfigError(f"{where}.backbone: {kwargs['backbone']!r} with backbone_weights needs one of "
+                              f"{', '.join(backbones.BACKBONES)}")
         return {**dataclasses.asdict(opts), **kwargs}
 
     @classmethod
