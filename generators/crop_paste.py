@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from benchmark.schema import option
+
 from . import common, register_generator
 from .base import FitData, Generator, Pair
 
@@ -25,14 +27,12 @@ class CropPasteConfig:
     rotation: tuple[float, float] = (-90, 90)
     flip_p: float = 0.5
     foreground_only: bool | None = None   # None: True for object categories
-    placement_tries: int = 10
+    placement_tries: int = option(10, ge=1)
     min_foreground_overlap: float = 0.9   # stop trying once this share of the defect is on it
 
     def __post_init__(self):
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"crop_paste: scale must satisfy 0 < lo <= hi, got {self.scale}")
-        if self.placement_tries < 1:
-            raise ValueError("crop_paste: placement_tries must be >= 1")
 
 
 @register_generator("crop_paste")
@@ -45,9 +45,7 @@ class CropPaste(Generator):
     edits_normal = True
     version = 1
 
-    def __init__(self, **cfg):
-        super().__init__(**cfg)
-        self._normals = None
+    _normals: list[np.ndarray] | None = None   # set by fit(); generate() before fit() is an error
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:
         self._normals = common.check_normals(data, "crop_paste")

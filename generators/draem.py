@@ -167,9 +167,7 @@ class Draem(Generator):
     uses_aux_images = True  # the runner loads other categories' normals as texture sources
     version = 1
 
-    def __init__(self, **cfg):
-        super().__init__(**cfg)
-        self._normals = None
+    _normals: list[np.ndarray] | None = None   # set by fit(); generate() before fit() is an error
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:
         self._normals = common.check_normals(data, "draem")

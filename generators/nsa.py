@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from benchmark.schema import option
+
 from . import common, register_generator
 from .base import FitData, Generator, Pair
 
@@ -33,21 +35,16 @@ _MODES = {"normal": cv2.NORMAL_CLONE, "mixed": cv2.MIXED_CLONE}
 class NsaConfig:
     half_width_bounds: tuple[tuple[float, float], tuple[float, float]] = ((0.03, 0.4), (0.03, 0.4))
     gamma_params: tuple[float, float, float] = (2.0, 0.05, 0.03)  # shape, scale, lower bound
-    num_patches: int = 3
+    num_patches: int = option(3, ge=1)
     resize_bounds: tuple[float, float] = (0.7, 1.3)
-    mode: str = "normal"               # normal | mixed | mix (coin flip per pair)
+    mode: str = option("normal", choices=("normal", "mixed", "mix"),
+                       help="Poisson clone mode; mix: a coin flip per pair")
     min_object_pct: float = 0.7
     change_threshold: float = 8.0
     morph_kernel: int = 3
     restore_outside_mask: bool = True
     foreground_only: bool | None = None   # None: True for object categories
     max_attempts: int = 20
-
-    def __post_init__(self):
-        if self.mode not in (*_MODES, "mix"):
-            raise ValueError(f"nsa: mode must be normal, mixed or mix, got {self.mode!r}")
-        if self.num_patches < 1:
-            raise ValueError("nsa: num_patches must be >= 1")
 
 
 @register_generator("nsa")
@@ -60,9 +57,7 @@ class Nsa(Generator):
     edits_normal = True
     version = 1
 
-    def __init__(self, **cfg):
-        super().__init__(**cfg)
-        self._normals = None
+    _normals: list[np.ndarray] | None = None   # set by fit(); generate() before fit() is an error
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:
         self._normals = common.check_normals(data, "nsa")

@@ -60,6 +60,16 @@ class DatasetAdapter:
     def categories(self) -> list[str]:
         raise NotImplementedError
 
+    def folder_categories(self, examples: tuple[str, ...] = ()) -> list[str]:
+        """Categories of an MVTec-like layout (MVTec AD, MPDD, LOCO, visa_pytorch): the folders
+        under the root that hold a ``train/`` folder; a DataError naming the root when none do."""
+        found = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
+        if not found:
+            hint = f" (expected e.g. {', '.join(examples[:3])})" if examples else ""
+            raise DataError(f"{self.name}: no category folders with a train/ subfolder under "
+                            f"{str(self.root)!r}{hint}")
+        return found
+
     def is_object(self, category: str) -> bool:
         return category in self.object_categories
 

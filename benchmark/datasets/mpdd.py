@@ -5,7 +5,6 @@ ground_truth/<defect>/<id>_mask.png}``; every category is a metal part, so all a
 """
 from __future__ import annotations
 
-
 import pandas as pd
 
 from . import register_dataset
@@ -22,11 +21,7 @@ class MPDD(DatasetAdapter):
     object_categories = frozenset(MPDD_CATEGORIES)
 
     def categories(self) -> list[str]:
-        found = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
-        if not found:
-            raise DataError(f"{self.name}: no category folders with a train/ subfolder under "
-                            f"{str(self.root)!r} (expected e.g. {', '.join(MPDD_CATEGORIES[:3])})")
-        return found
+        return self.folder_categories(MPDD_CATEGORIES)
 
     def _samples(self, category: str) -> pd.DataFrame:
         from anomalib.data.datasets.image.mpdd import make_mpdd_dataset

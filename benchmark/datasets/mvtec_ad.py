@@ -74,10 +74,7 @@ class MVTecAD(DatasetAdapter):
     object_categories = frozenset(MVTEC_AD_CATEGORIES) - MVTEC_AD_TEXTURES
 
     def categories(self) -> list[str]:
-        found = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
-        if not found:
-            raise DataError(f"{self.name}: no category folders with a train/ subfolder under {str(self.root)!r}")
-        return found
+        return self.folder_categories()
 
     def _samples(self, category: str) -> pd.DataFrame:
         return mvtec_layout_samples(require_category_dir(self, category), category)

@@ -21,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import register_dataset
-from .base import DataError, DatasetAdapter
-from .base import require_category_dir
+from .base import DataError, DatasetAdapter, require_category_dir
 
 LOCO_CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
 LOCO_GROUPS = {"logical_anomalies": "logical", "structural_anomalies": "structural"}
@@ -80,11 +79,7 @@ class MVTecLOCO(DatasetAdapter):
     object_categories = frozenset(LOCO_CATEGORIES)
 
     def categories(self) -> list[str]:
-        found = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
-        if not found:
-            raise DataError(f"{self.name}: no category folders with a train/ subfolder under "
-                            f"{str(self.root)!r}")
-        return found
+        return self.folder_categories(LOCO_CATEGORIES)
 
     def defect_config(self, category: str) -> list[dict]:
         return read_defects_config(self.root / category / "defects_config.json")

@@ -123,7 +123,7 @@ class VisA(DatasetAdapter):
         if self.layout == "official":
             found = sorted(c for c in self.table["object"].unique() if (self.root / c).is_dir())
         else:
-            found = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
+            return self.folder_categories(VISA_CATEGORIES)
         if not found:
             raise DataError(f"{self.name}: no category folders under {str(self.root)!r}")
         return found
