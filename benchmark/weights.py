@@ -417,8 +417,12 @@ def install(source: str = "auto", package_path: Path | None = None, out_dir: Pat
     official = find_official_weights() if source in ("auto", "cache") and package_path is None else None
     if official is not None:
         log(f"using official ImageNet weights found in the cache: {official}")
-        sd = _load_state_file(official)
-        build_resnet().load_state_dict(sd, strict=True)  # a wrong file fails here, named below
+        try:
+            sd = _load_state_file(official)
+            build_resnet().load_state_dict(sd, strict=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file: one line naming it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise WeightsError(f"{official}: not a torchvision resnet50 state dict ({first})") from None
         return write_weights(sd, {"source": str(official), "stride": "v1.5", "input": "torchvision"}, out_dir)
     if source == "cache":
         raise WeightsError("no official ImageNet resnet50 weights in the torch hub or Hugging Face cache")
