@@ -24,7 +24,7 @@ def small(tmp_path_factory):
 
 def test_mvtec_layout_and_adapter_counts(small):
     tree = small.root
-    assert tree.name == "v1-s0-64px-n3-2-2" and (tree / sy.MANIFEST).is_file()
+    assert tree.name == f"{sy.VERSION}-s0-64px-n3-2-2" and sy.VERSION == "v2" and (tree / sy.MANIFEST).is_file()
     assert small.categories() == list(sy.CATEGORIES)
     assert len(sy.TEXTURES) >= 2 and len(sy.OBJECTS) >= 1
     assert small.object_categories == frozenset(sy.OBJECTS) and small.is_object("washer") and not small.is_object("weave")
@@ -132,11 +132,40 @@ def test_object_poses_vary():
 def test_default_cache_location_and_bad_config(tmp_path, monkeypatch):
     monkeypatch.setenv("HELIXBENCH_CACHE", str(tmp_path))
     ds = create_dataset("synthetic")
-    assert ds.root == tmp_path / "synthetic" / "v1-s0-128px" and not ds.root.exists()
-    assert create_dataset("synthetic", seed=4, image_size=96).root.name == "v1-s4-96px"
+    assert ds.root == tmp_path / "synthetic" / "v2-s0-128px" and not ds.root.exists()
+    assert create_dataset("synthetic", seed=4, image_size=96).root.name == "v2-s4-96px"
     with pytest.raises(ValueError, match="image_size"):
         create_dataset("synthetic", image_size="big")
     with pytest.raises(ValueError, match="seed"):
         create_dataset("synthetic", seed=-1)
     with pytest.raises(DataError, match="no category"):
         ds.samples("bottle")
+
+
+def test_default_size_gives_tight_auroc_intervals():
+    """320 good and 4 x 88 anomalous test images per category: after the quick preset's 10% few-shot
+    split (8 per defect type to the generators) 320 anomalies are evaluated, and the Hanley-McNeil
+    standard error of AUROC 0.85 is then small enough for a +-3 point 95% interval."""
+    from benchmark.config import build_config
+    from benchmark.split import n_few_shot
+
+    cfg = sy.SyntheticConfig()
+    assert (cfg.n_test_good, cfg.n_test_defect) == (320, 88)
+    few = n_few_shot(cfg.n_test_defect, build_config("quick").split.fraction)
+    assert 5 <= few <= 10                                  # still few-shot for the generators
+    n_pos = 4 * (cfg.n_test_defect - few)
+    a, n_neg = 0.85, cfg.n_test_good
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = np.sqrt((a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg))
+    assert 1.96 * se <= 0.0302   # 0.03009
+    assert sy.build_workers(cfg) >= 1 and sy.build_workers(sy.SyntheticConfig(**SMALL)) == 1
+
+
+def test_parallel_build_writes_the_same_bytes(tmp_path):
+    """Each image has its own seeded generator, so the process count must not change a byte."""
+    cfg = sy.SyntheticConfig(seed=2, **SMALL)
+    sy._build(tmp_path / "one", cfg, workers=1)
+    sy._build(tmp_path / "two", cfg, workers=2)
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len(a) == len(sy.CATEGORIES) * (3 + 2) + sum(len(d) for d in sy.DEFECTS.values()) * 2 * 2
+    assert a == b

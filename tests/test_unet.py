@@ -75,3 +75,74 @@ def test_random_crops_keep_part_of_every_mask():
     assert xc.shape == (20, 3, 24, 24) and mc.shape == (20, 24, 24)
     assert all(mc[i].sum() > 0 for i in range(10))
     assert mc[10:].sum() == 0
+
+
+def test_cosine_schedule_with_warmup_exact_rates():
+    """Linear warm-up from lr/100 over `warmup` steps, then cosine from lr to 0 over the rest."""
+    import math
+
+    from detectors.unet import UNetConfig, lr_schedule
+    c = UNetConfig(steps=10, warmup=2, lr=1.0, lr_schedule="cosine")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=c.lr)
+    sched = lr_schedule(opt, c)
+    seen = []
+    for _ in range(c.steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [0.01, 0.505] + [0.5 * (1 + math.cos(math.pi * j / 8)) for j in range(8)]
+    assert np.allclose(seen, want, atol=1e-12), seen
+    step = UNetConfig(steps=10, lr=1.0)   # DRAEM: x0.2 at 80% and 90%
+    opt = torch.optim.Adam([p], lr=1.0)
+    sched = lr_schedule(opt, step)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert np.allclose(seen, [1.0] * 8 + [0.2, 0.04])
+
+
+def test_group_norm_net_predicts_what_it_trained_with():
+    """GroupNorm keeps no running statistics: eval() output equals train() output exactly."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    gn = SegmentationUNet(3, 2, base_width=4, depth=3, norm="group")
+    with torch.no_grad():
+        assert torch.equal(gn.train()(x), gn.eval()(x))
+    bn = SegmentationUNet(3, 2, base_width=4, depth=3, norm="batch")
+    with torch.no_grad():
+        assert not torch.allclose(bn.train()(x), bn.eval()(x))
+
+
+def test_init_comes_from_the_cell_seed_only():
+    """Common random numbers: two cells of one seed with different generated pairs start from the
+    same weights (one Adam step at lr 1e-12 moves no weight by more than ~1e-12)."""
+    normals, pairs = _data(8)
+    _, other = _data(8, seed=5)
+    cfg = dict(base_width=4, depth=3, steps=1, batch_size=4, lr=1e-12, ema_decay=0.5,
+               lr_schedule="cosine", norm="group")
+    nets = []
+    for ps in (pairs, other):
+        det = create_detector("unet", **cfg)
+        det.fit(normals, ps, DetectorContext("c", seed=3))
+        nets.append(torch.cat([q.detach().reshape(-1) for q in det.net.parameters()]))
+    assert torch.allclose(nets[0], nets[1], rtol=0, atol=1e-9)
+    det = create_detector("unet", **cfg)
+    det.fit(normals, pairs, DetectorContext("c", seed=4))
+    assert not torch.allclose(nets[0], torch.cat([q.detach().reshape(-1) for q in det.net.parameters()]), atol=1e-3)
+
+
+def test_recipe_options_are_checked():
+    import pytest
+
+    from benchmark.schema import ConfigError
+    with pytest.raises(ConfigError, match="detector_cfg.unet.warmup"):
+        create_detector("unet", warmup=5)              # warm-up belongs to the cosine schedule
+    with pytest.raises(ConfigError, match="detector_cfg.unet.warmup"):
+        create_detector("unet", steps=5, warmup=5, lr_schedule="cosine")
+    with pytest.raises(ConfigError, match="norm"):
+        create_detector("unet", norm="layer")
+    with pytest.raises(ConfigError, match="ema_decay"):
+        create_detector("unet", ema_decay=1.0)

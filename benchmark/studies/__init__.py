@@ -1,0 +1,1 @@
+"""Studies over many cells (stability over seeds, DH-Diff ablations); each runs as a module."""

@@ -1,0 +1,159 @@
+"""Stability study (issue 9): is one cell of the quick preset a measurement or a dice roll?
+
+Runs categories x {cutpaste, crop_paste} x seeds 0-4 of the quick preset through the normal
+runner (run name ``stability``) and prints, per category and generator, the mean and the std over
+seeds of image and pixel AUROC with PASS/FAIL against the limits (std <= 2 points image AUROC,
+<= 3 points pixel AUROC). Why a study and not a unit test: the limits are about the spread of a
+whole training recipe over seeds, which takes minutes of CPU per cell; the table is what the
+README quotes and what a recipe change must not break.
+
+Records already in the run folder are read, not rerun (the runner's resume), so ``--jobs 0``
+only prints the table. ``--jobs N`` runs the missing cells in N worker processes, each with one
+torch thread, so a 16-core machine does the 50 cells in minutes; every worker writes its own
+record through ``benchmark.store.write_record`` as soon as its cell ends.
+
+    python -m benchmark.studies.stability --jobs 2 --categories granite,wood --generators cutpaste
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import numpy as np
+
+from benchmark import store
+from benchmark.config import CellConfig, ConfigError, RunConfig, build_config
+from benchmark.runner import execute, plan
+
+GENERATORS = ("cutpaste", "crop_paste")
+SEEDS = (0, 1, 2, 3, 4)
+LIMITS = {"image_auroc": 2.0, "pixel_auroc": 3.0}   # max std over seeds, AUROC points (issue 9)
+
+
+def study_config(categories: str | None = None, generators: str | None = None, seeds: str | None = None,
+                 results_dir: str | None = None, device: str | None = None, run: str = "stability",
+                 sets: list[str] | None = None) -> RunConfig:
+    """The quick preset with the study's grid; one torch thread per cell (recorded, not hashed)."""
+    over = {"generators": generators or ",".join(GENERATORS), "seeds": seeds or ",".join(map(str, SEEDS)),
+            "categories": categories, "results_dir": results_dir, "device": device, "run": run,
+            "threads": 1}
+    return build_config("quick", overrides=over, sets=sets)
+
+
+def _run_one(cell: dict, cache_dir: str, run_dir: str) -> tuple[str, str, float]:
+    """One cell in a worker process: run it, write its record, return (label, status, seconds)."""
+    import torch
+
+    from benchmark.cell import run_cell
+
+    torch.set_num_threads(1)
+    c = CellConfig.from_dict(cell)
+    rec = run_cell(c, cache_dir)
+    store.write_record(run_dir, rec)
+    return c.label, rec["status"] + (f": {rec.get('error')}" if rec["status"] != "ok" else ""), \
+        rec.get("timings", {}).get("total", float("nan"))
+
+
+def run_study(cfg: RunConfig, jobs: int = 1) -> None:
+    """Run the missing cells: jobs == 1 through ``runner.execute``, jobs > 1 in a process pool."""
+    if jobs <= 0:
+        return
+    if jobs == 1:
+        execute(cfg)
+        return
+    p = plan(cfg)
+    print(f"run {cfg.run}: {len(p.cells)} cells, {len(p.todo)} to run in {jobs} processes", file=sys.stderr)
+    if not p.todo:
+        return
+    from benchmark.datasets import create_dataset
+
+    for ds in cfg.datasets:   # write the data tree once, before the workers race for it
+        adapter = create_dataset(ds, cfg.root_of(ds), **cfg.dataset_cfg.get(ds, {}))
+        if hasattr(adapter, "ensure"):
+            adapter.ensure()
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(_run_one, c.to_dict(), cfg.cache_dir, str(cfg.run_dir)) for c in p.todo]
+        for i, f in enumerate(as_completed(futs), 1):
+            label, status, secs = f.result()
+            print(f"[{i}/{len(futs)}] {label}: {status} ({secs:.1f} s)", file=sys.stderr)
+
+
+def table(cfg: RunConfig) -> tuple[list[dict], bool]:
+    """Rows (category, generator, n, mean/std per metric, pass) from the records of this grid."""
+    p = plan(cfg)
+    want = {c.hash(): c for c in p.cells}
+    groups: dict[tuple[str, str], dict[int, dict]] = {}
+    for rec in store.load_records(cfg.run_dir):
+        c = want.get(rec.get("hash"))
+        if c is None or rec.get("status") != "ok":
+            continue
+        groups.setdefault((c.category, c.generator), {})[c.seed] = rec
+    rows, all_ok = [], True
+    cats = list(dict.fromkeys(c.category for c in p.cells))
+    for cat in cats:
+        for gen in cfg.generators:
+            recs = groups.get((cat, gen), {})
+            row = {"category": cat, "generator": gen, "n": len(recs),
+                   "seconds": float(np.mean([r["timings"]["total"] for r in recs.values()])) if recs else float("nan")}
+            ok = len(recs) == len(cfg.seeds)
+            for m, lim in LIMITS.items():
+                v = np.array([100 * r["metrics"][m] for r in recs.values() if r["metrics"].get(m) is not None])
+                row[m] = v.mean() if len(v) else float("nan")
+                row[m + "_std"] = v.std(ddof=1) if len(v) > 1 else float("nan")   # sample std over seeds
+                row[m + "_all"] = v.round(1).tolist()
+                ok = ok and len(v) > 1 and row[m + "_std"] <= lim
+            row["pass"] = ok
+            all_ok &= ok
+            rows.append(row)
+    return rows, all_ok
+
+
+def format_table(rows: list[dict], n_seeds: int) -> str:
+    head = (f"| category | generator | seeds | image AUROC mean ± std (≤{LIMITS['image_auroc']:g}) | "
+            f"pixel AUROC mean ± std (≤{LIMITS['pixel_auroc']:g}) | s/cell | verdict |")
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        verdict = "PASS" if r["pass"] else ("FAIL" if r["n"] == n_seeds else f"incomplete ({r['n']}/{n_seeds})")
+        lines.append(f"| {r['category']} | {r['generator']} | {r['n']} | {r['image_auroc']:.1f} ± "
+                     f"{r['image_auroc_std']:.1f} | {r['pixel_auroc']:.1f} ± {r['pixel_auroc_std']:.1f} | "
+                     f"{r['seconds']:.0f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmark.studies.stability", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--categories", help="comma-separated (default: the preset's)")
+    ap.add_argument("--generators", help=f"comma-separated (default: {','.join(GENERATORS)})")
+    ap.add_argument("--seeds", help=f"comma-separated (default: {','.join(map(str, SEEDS))})")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes, one torch thread each (0: only print)")
+    ap.add_argument("--results-dir", help="where runs are stored (default results/runs)")
+    ap.add_argument("--device", help="cpu, cuda, ...")
+    ap.add_argument("--run", default="stability", help="run name (default stability)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. detector_cfg.unet.steps=300")
+    ap.add_argument("--values", action="store_true", help="also print each seed's values")
+    a = ap.parse_args(argv)
+    if a.jobs < 0:
+        ap.error(f"--jobs must be >= 0, got {a.jobs}")
+    try:
+        cfg = study_config(a.categories, a.generators, a.seeds, a.results_dir, a.device, a.run, a.set)
+        run_study(cfg, a.jobs)
+        rows, ok = table(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Stability of the quick preset over seeds {','.join(map(str, cfg.seeds))} "
+          f"(std = sample std over seeds, AUROC points; one torch thread per cell)")
+    print(format_table(rows, len(cfg.seeds)))
+    if a.values:
+        for r in rows:
+            print(f"{r['category']}/{r['generator']}: image {r['image_auroc_all']} pixel {r['pixel_auroc_all']}")
+    print("ALL PASS" if ok else "NOT ALL PASS")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
