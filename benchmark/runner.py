@@ -115,6 +115,12 @@ def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
     `benchmark.runs`) and grown; nothing is computed here."""
     components = resolve_components(cfg)
     check_device(cfg.device)
+    from detectors.backbones import check_weights
+
+    for det in cfg.detectors:  # pretrained weights that are not there stop the run before any work
+        missing = check_weights(components[("detector", det)], f"detector_cfg.{det}")
+        if missing:
+            raise ConfigError(missing)
     cells: list[CellConfig] = []
     skipped: list[str] = []
     seen: set[str] = set()
