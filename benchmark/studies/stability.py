@@ -90,24 +90,28 @@ def table(cfg: RunConfig) -> tuple[list[dict], bool]:
         if c is None or rec.get("status") != "ok":
             continue
         groups.setdefault((c.category, c.generator), {})[c.seed] = rec
-    rows, all_ok = [], True
+    rows = []
     cats = list(dict.fromkeys(c.category for c in p.cells))
     for cat in cats:
         for gen in cfg.generators:
-            recs = groups.get((cat, gen), {})
-            row = {"category": cat, "generator": gen, "n": len(recs),
-                   "seconds": float(np.mean([r["timings"]["total"] for r in recs.values()])) if recs else float("nan")}
-            ok = len(recs) == len(cfg.seeds)
-            for m, lim in LIMITS.items():
-                v = np.array([100 * r["metrics"][m] for r in recs.values() if r["metrics"].get(m) is not None])
-                row[m] = v.mean() if len(v) else float("nan")
-                row[m + "_std"] = v.std(ddof=1) if len(v) > 1 else float("nan")   # sample std over seeds
-                row[m + "_all"] = v.round(1).tolist()
-                ok = ok and len(v) > 1 and row[m + "_std"] <= lim
-            row["pass"] = ok
-            all_ok &= ok
-            rows.append(row)
-    return rows, all_ok
+            recs = list(groups.get((cat, gen), {}).values())
+            rows.append({"category": cat, "generator": gen, **summarise(recs, len(cfg.seeds))})
+    return rows, all(r["pass"] for r in rows)
+
+
+def summarise(recs: list[dict], n_seeds: int) -> dict:
+    """Mean and sample std (ddof=1) over seeds of each limited metric, in AUROC points; PASS needs
+    every seed's record and every std within its limit."""
+    row = {"n": len(recs), "seconds": float(np.mean([r["timings"]["total"] for r in recs])) if recs else float("nan")}
+    ok = len(recs) == n_seeds
+    for m, lim in LIMITS.items():
+        v = np.array([100 * r["metrics"][m] for r in recs if r["metrics"].get(m) is not None])
+        row[m] = v.mean() if len(v) else float("nan")
+        row[m + "_std"] = v.std(ddof=1) if len(v) > 1 else float("nan")
+        row[m + "_all"] = v.round(1).tolist()
+        ok = ok and len(v) > 1 and row[m + "_std"] <= lim
+    row["pass"] = bool(ok)
+    return row
 
 
 def format_table(rows: list[dict], n_seeds: int) -> str:

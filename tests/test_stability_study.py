@@ -1,0 +1,27 @@
+"""The stability study's verdict: sample std over seeds against the issue-9 limits."""
+import numpy as np
+import pytest
+
+from benchmark.studies.stability import LIMITS, format_table, summarise
+
+
+def _rec(img, pix):
+    return {"metrics": {"image_auroc": img, "pixel_auroc": pix}, "timings": {"total": 10.0}}
+
+
+def test_summarise_sample_std_and_verdict():
+    img = [0.80, 0.82, 0.84, 0.81, 0.83]          # std (ddof=1) = 1.58 points
+    pix = [0.90, 0.95, 0.91, 0.92, 0.93]          # std = 1.92 points
+    row = summarise([_rec(a, b) for a, b in zip(img, pix)], 5)
+    assert row["image_auroc"] == pytest.approx(82.0)
+    assert row["image_auroc_std"] == pytest.approx(np.sqrt(2.5))
+    assert row["pixel_auroc_std"] == pytest.approx(np.std([90, 95, 91, 92, 93], ddof=1))
+    assert row["pass"] and LIMITS == {"image_auroc": 2.0, "pixel_auroc": 3.0}
+    wide = summarise([_rec(a, b) for a, b in zip([0.80, 0.85, 0.84, 0.81, 0.83], pix)], 5)
+    assert wide["image_auroc_std"] > 2 and not wide["pass"]
+    missing = summarise([_rec(a, b) for a, b in zip(img[:4], pix[:4])], 5)   # a seed failed
+    assert not missing["pass"]
+    text = format_table([{"category": "wood", "generator": "cutpaste", **row},
+                         {"category": "wood", "generator": "crop_paste", **missing}], 5)
+    assert "| wood | cutpaste | 5 | 82.0 ± 1.6 | 92.2 ± 1.9 | 10 | PASS |" in text
+    assert "incomplete (4/5)" in text
