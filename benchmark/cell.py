@@ -22,6 +22,7 @@ from .config import CellConfig
 from .datasets import DataError, create_dataset, load_image, load_mask
 from .evaluation import evaluate_with_sample
 from .generation import NO_GENERATOR, Progress, log, make_pairs
+from .record import CellRecord
 from .split import few_shot_split
 from .versions import package_versions
 
@@ -51,8 +52,8 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
     """Run one cell and return its record; failures are recorded, never raised."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    record: dict = {"hash": cfg.hash(), "config": cfg.to_dict(), "versions": package_versions(),
-                    "host": platform.node(), "started": datetime.now(timezone.utc).isoformat()}
+    record = CellRecord(hash=cfg.hash(), config=cfg.to_dict(), versions=package_versions(),
+                        host=platform.node(), started=datetime.now(timezone.utc).isoformat())
 
     def lap(name: str, since: float) -> float:
         now = time.perf_counter()
@@ -64,7 +65,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
             import torch
 
             torch.set_num_threads(cfg.threads)
-        record["threads"] = _torch_threads()
+        record.threads = _torch_threads()
         t = time.perf_counter()
         adapter = create_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_cfg)
         samples = adapter.samples(cfg.category)
@@ -79,11 +80,11 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         if cfg.generator != NO_GENERATOR:
             gset = make_pairs(cfg, adapter, split, normals, cache_dir, progress)
             pairs, real = gset.pairs, gset.real
-            record["generated_from_cache"] = gset.from_cache
-            record["generated_set"] = str(gset.root)
-            record["generator_stats"] = gset.stats
+            record.generated_from_cache = gset.from_cache
+            record.generated_set = str(gset.root)
+            record.generator_stats = gset.stats
             if gset.discarded:
-                record["generated_set_discarded"] = gset.discarded
+                record.generated_set_discarded = gset.discarded
             t = lap("generate", t)
             from .quality import quality_report
             by_def: dict[str, list[Pair]] = {}
@@ -94,7 +95,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
                 real_by.setdefault(p.defect_type, []).append(p)
             sources = {d: [normals[p.source] for p in ps] for d, ps in by_def.items()
                        if all(p.source is not None for p in ps)}
-            record["quality"] = quality_report(by_def, real_by, sources=sources or None, cfg=cfg.quality)
+            record.quality = quality_report(by_def, real_by, sources=sources or None, cfg=cfg.quality)
             t = lap("quality", t)
         if cfg.generator != NO_GENERATOR and detector.uses_pairs and not pairs:
             raise ValueError(f"generator {cfg.generator!r} made no pairs for {cfg.dataset}/{cfg.category}: "
@@ -105,30 +106,30 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
                               work_dir=Path(cache_dir) / "work" / f"det-{cfg.hash()}")
         detector.fit(normals, pairs if detector.uses_pairs else [], ctx)
         t = lap("fit", t)
-        record["weights"] = detector.weights_info()
+        record.weights = detector.weights_info()
         scores, maps = detector.predict(ev_images)
         t = lap("predict", t)
         result = evaluate_with_sample(cfg, adapter, ev, np.asarray(scores, np.float64), maps, ev_masks)
-        record["metrics"] = result.metrics
+        record.metrics = result.metrics
         if result.warnings:
-            record["warnings"] = list(result.warnings)
+            record.warnings = list(result.warnings)
         lap("metrics", t)
-        record["split"] = {"train_normals": len(split.train_normals), "few_shot": len(split.few_shot),
+        record.split = {"train_normals": len(split.train_normals), "few_shot": len(split.few_shot),
                            "eval_normals": int((ev["label"] == 0).sum()),
                            "eval_anomalies": int((ev["label"] == 1).sum())}
-        record["n_pairs"] = len(pairs)
-        record["eval"] = {"image_id": ev["image_id"].tolist(), "label": ev["label"].astype(int).tolist(),
+        record.n_pairs = len(pairs)
+        record.eval = {"image_id": ev["image_id"].tolist(), "label": ev["label"].astype(int).tolist(),
                           "defect_type": ev["defect_type"].tolist(),
                           "score": [float(s) for s in scores]}
         if result.pixel_sample is not None:  # for pixel-metric intervals and paired tests
-            record["eval"]["pixel_sample"] = result.pixel_sample
-        record["status"] = "ok"
+            record.eval["pixel_sample"] = result.pixel_sample
+        record.status = "ok"
     except Exception as e:  # recorded, so one bad cell never loses the others
-        record["status"] = "failed"
-        record["error"] = f"{type(e).__name__}: {e}"
-        record["traceback"] = traceback.format_exc()
-        record["error_is_input"] = isinstance(e, (DataError, ValueError, FileNotFoundError))
+        record.status = "failed"
+        record.error = f"{type(e).__name__}: {e}"
+        record.traceback = traceback.format_exc()
+        record.error_is_input = isinstance(e, (DataError, ValueError, FileNotFoundError))
     timings["total"] = round(time.perf_counter() - t0, 3)
-    record["timings"] = timings
-    record["finished"] = datetime.now(timezone.utc).isoformat()
-    return record
+    record.timings = timings
+    record.finished = datetime.now(timezone.utc).isoformat()
+    return record.to_dict()

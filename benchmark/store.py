@@ -20,13 +20,11 @@ from typing import Iterator
 
 import pandas as pd
 
-from .config import RECORD_SCHEMA, CellConfig
+from .config import RECORD_SCHEMA
+from .record import CellRecord, RecordError
 
-STATUSES = ("ok", "failed")
-
-
-class RecordError(ValueError):
-    """A stored record that cannot be trusted; the message says why."""
+__all__ = ["RecordError", "cell_lock", "file_lock", "is_done", "load_records", "read_record", "records_frame",
+           "reject", "scan", "validate", "write_record"]
 
 
 def cells_dir(run_dir: str | Path) -> Path:
@@ -55,35 +53,9 @@ def write_record(run_dir: str | Path, record: dict) -> Path:
 
 
 def validate(record: object, name: str | None = None) -> dict:
-    """The record itself, or a RecordError saying what is wrong with it."""
-    if not isinstance(record, dict):
-        raise RecordError(f"not a record (a JSON {type(record).__name__})")
-    schema = record.get("schema")
-    if schema != RECORD_SCHEMA:
-        raise RecordError(f"record schema {schema!r}, this version reads {RECORD_SCHEMA}")
-    for key in ("hash", "config", "status"):
-        if key not in record:
-            raise RecordError(f"no {key!r} field")
-    if record["status"] not in STATUSES:
-        raise RecordError(f"status {record['status']!r} (expected ok or failed)")
-    if not isinstance(record["config"], dict):
-        raise RecordError("'config' is not a mapping")
-    try:
-        cell_hash = CellConfig.from_dict(record["config"]).hash()
-    except (TypeError, ValueError, KeyError) as e:
-        raise RecordError(f"'config' is not a cell config ({e})") from None
-    if cell_hash != record["hash"]:
-        raise RecordError(f"its config hashes to {cell_hash}, not to its recorded hash {record['hash']}")
-    if name is not None and name != record["hash"]:
-        raise RecordError(f"file name {name} differs from its hash {record['hash']}")
-    if record["status"] == "ok":
-        if not isinstance(record.get("metrics"), dict) or not record["metrics"]:
-            raise RecordError("status ok but no metrics")
-        ev = record.get("eval")
-        if not isinstance(ev, dict) or not all(isinstance(ev.get(k), list) for k in ("label", "score")) \
-                or len(ev["label"]) != len(ev["score"]):
-            raise RecordError("status ok but no per-image labels and scores of equal length")
-    return record
+    """The record itself, or a RecordError saying what is wrong with it (see benchmark.record)."""
+    CellRecord.from_dict(record, name)
+    return record  # type: ignore[return-value]
 
 
 def read_record(path: Path) -> dict:

@@ -322,3 +322,13 @@ def test_two_runs_on_one_folder_compute_each_cell_once(tmp_path, data_root):
     assert all(s == "ok" for res in results for _, s in res)
     assert len(computed) == 4 and len(set(computed)) == 4  # every cell computed by exactly one process
     assert len(list((tmp_path / "runs" / "t" / "cells").glob("*.json"))) == 4
+
+
+def test_record_with_an_unknown_field_is_rejected(tmp_path, data_root, capsys):
+    cfg = _cfg(tmp_path, data_root, categories="bottle")
+    execute(cfg)
+    f = next(store.cells_dir(cfg.run_dir).glob("*.json"))
+    f.write_text(json.dumps({**json.loads(f.read_text()), "sneaky": 1}))
+    p, recs = execute(cfg)
+    assert [path.name for path, _ in p.rejected] == [f.name] and "sneaky" in p.rejected[0][1]
+    assert len(recs) == 1 and recs[0]["status"] == "ok"
