@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from generators.dhdiff.config import DHDiffConfig
+from generators.dhdiff.config import resolve
 from generators.dhdiff.model import DHDiffModel, _tiny_unet
 
 B = 8
@@ -23,8 +23,8 @@ B = 8
 def setup():
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    cfg = DHDiffConfig.from_kwargs()
-    dh = DHDiffModel(cfg, "dhdiff", ["c"], ["a", "b"])
+    cfg = resolve({})
+    dh = DHDiffModel(cfg, "dda+ssm", ["c"], ["a", "b"])
     plain = _tiny_unet(cfg, 3)
     s = cfg.patch_size
     g = torch.Generator().manual_seed(0)

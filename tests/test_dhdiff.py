@@ -1,5 +1,7 @@
 """DH-Diff: the properties dh-diff.md says a CPU can prove (decoupling, zero-init, SSM fusion,
-control, both scales' shapes, training, binary masks, determinism, checkpoints)."""
+control, both scales' shapes, training, binary masks, determinism, checkpoints), and issue 10's
+guards: the model (not the set-up) makes the pair, each registry name builds its own ablation,
+fit is deterministic given its rng, and the listed bugs stay fixed."""
 from __future__ import annotations
 
 import cv2
@@ -8,15 +10,20 @@ import pytest
 import torch
 
 from generators import FitData, Pair, create_generator, list_generators
-from generators.dhdiff.config import DHDiffConfig
+from dataclasses import asdict
+
+from benchmark.schema import ConfigError
+from generators.dhdiff import config as dhconfig
+from generators.dhdiff.config import resolve
 from generators.dhdiff.model import DHDiffModel
 from generators.dhdiff.generator import lr_factor
 from generators.dhdiff.patches import clean_mask, composite, raw_mask
-from generators.dhdiff.processors import DDAProcessor, SSMProcessor
+from generators.dhdiff.processors import DDAProcessor, DHContext, SSMProcessor
 
 # a very small tiny-scale model: 16 px patches, attention on 16x16 and 8x8 grids
 SMALL = dict(widths=(8, 16), attn_levels=(True, True), heads=2, text_dim=16, patch_size=16,
              batch_size=4, steps=4, lr=2e-3, ddim_steps=2, sample_batch=4)
+ABLATIONS = {"dhdiff": "dda+ssm", "dhdiff_dda": "dda", "dhdiff_ssm": "ssm", "dhdiff_baseline": "baseline"}
 SIZE = 48
 
 
@@ -41,9 +48,9 @@ def _toy_data(work_dir=None, seed=0) -> FitData:
     return FitData("toy", normals, anomalies, ["scratch", "stain"], work_dir=work_dir, image_size=SIZE)
 
 
-def _model(variant: str, **kw) -> DHDiffModel:
+def _model(ablation: str, **kw) -> DHDiffModel:
     torch.manual_seed(0)
-    return DHDiffModel(DHDiffConfig.from_kwargs(**{**SMALL, **kw}), variant, ["toy"], ["scratch", "stain"]).eval()
+    return DHDiffModel(resolve({**SMALL, **kw}), ablation, ["toy"], ["scratch", "stain"]).eval()
 
 
 def _inputs(b=2, size=16, seed=0):
@@ -51,8 +58,31 @@ def _inputs(b=2, size=16, seed=0):
     return [torch.randn(b, 3, size, size, generator=g) for _ in range(3)]
 
 
-def test_registered_variants():
-    assert {"dhdiff", "dhdiff-dda", "dhdiff-ssm", "dhdiff-baseline"} <= set(list_generators("dhdiff*"))
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_every_name_builds_its_own_ablation(name):
+    """Each registry name builds its ablation with the expected processor in EVERY attention
+    layer: placed blocks (encoder all, mid, decoder every other) get the ablation's pair,
+    every other layer the baseline's concat/plain; the baseline is concat everywhere."""
+    gen = create_generator(name, **SMALL)
+    assert gen.ablation == ABLATIONS[name]
+    gen._build(["toy"], ["scratch"], 0)
+    chosen = gen.model.processors
+    # SMALL: down_blocks.0/1 (placed), mid_block (placed), up_blocks.0 (placed), up_blocks.1 (not)
+    placed_self, placed_cross = {"dda+ssm": ("dda", "ssm"), "dda": ("dda", "plain"),
+                                 "ssm": ("concat", "ssm"), "baseline": ("concat", "plain")}[gen.ablation]
+    assert len(chosen) == 14          # 2 down + 1 mid + 2x2 up transformer blocks, attn1 and attn2 each
+    for layer, proc in chosen.items():
+        placed = not layer.startswith("up_blocks.1.")
+        slot = layer.rsplit(".", 1)[-1]
+        expected = (placed_self if placed else "concat") if slot == "attn1" else (placed_cross if placed else "plain")
+        assert proc == expected, (name, layer, proc)
+        mod = gen.model.unet.get_submodule(layer)
+        assert type(mod.processor).__name__.lower().startswith(expected), (layer, type(mod.processor))
+
+
+def test_old_names_are_aliases():
+    with pytest.warns(DeprecationWarning):
+        assert create_generator("dhdiff-baseline", **SMALL).ablation == "baseline"
 
 
 def test_raw_mask_marks_every_touched_cell():
@@ -64,11 +94,13 @@ def test_raw_mask_marks_every_touched_cell():
     assert r.sum() == 200
 
 
-@pytest.mark.parametrize("variant,decoupled", [("dhdiff-dda", True), ("dhdiff-baseline", False),
-                                               ("dhdiff", False)])
-def test_stream_decoupling(variant, decoupled):
+@pytest.mark.parametrize("ablation,placement,decoupled", [
+    ("dda", "all", True),             # every layer DDA: the streams never meet
+    ("dda", "every_other", False),    # they meet in the unplaced decoder block's concat attention
+    ("baseline", "all", False), ("dda+ssm", "all", False)])
+def test_stream_decoupling(ablation, placement, decoupled):
     """DDA alone keeps each stream blind to the other; concatenation attention (and SSM) do not."""
-    model = _model(variant)
+    model = _model(ablation, placement_decoder=placement)
     zi, za, ref = _inputs()
     zi2 = torch.randn_like(zi)
     za2 = torch.randn_like(za)
@@ -82,9 +114,9 @@ def test_stream_decoupling(variant, decoupled):
     assert torch.allclose(oi, oi_c, atol=1e-5) == decoupled
 
 
-@pytest.mark.parametrize("variant", ["dhdiff", "dhdiff-baseline"])
-def test_zero_init_reference_is_a_no_op(variant):
-    model = _model(variant)
+@pytest.mark.parametrize("ablation", ["dda+ssm", "baseline"])
+def test_zero_init_reference_is_a_no_op(ablation):
+    model = _model(ablation)
     zi, za, ref = _inputs()
     t = torch.tensor([300, 700])
     text, tok = model.prompt.encode(["toy"] * 2, ["scratch"] * 2)
@@ -116,16 +148,65 @@ def test_ssm_fusion_is_the_mean_at_init():
     assert not torch.allclose(a2, mean)
 
 
+def test_ssm_processor_call_matches_a_hand_computation():
+    """The processor as the U-Net calls it, eta non-zero, one sample with a control and one
+    without, against eq. 6-7 written out with explicit loops over heads and text tokens."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    b, hh, w, c, L, dim = 2, 2, 4, 8, 5, 6
+    attn = Attention(c, cross_attention_dim=dim, heads=hh, dim_head=c // hh).eval()
+    proc = SSMProcessor()
+    with torch.no_grad():
+        proc.eta.weight.normal_(0, 0.3)
+        proc.eta.bias.normal_(0, 0.1)
+    attn.set_processor(proc)
+    hs = torch.randn(2 * b, hh * w * 0 + w * w, c)
+    text = torch.randn(b, L, dim)
+    control = torch.zeros(b, 1, 8, 8)
+    control[0, :, :4, :4] = 1.0                      # sample 0: top-left quarter; sample 1: no control
+    has = torch.tensor([True, False])
+    tok = torch.zeros(b, L, dtype=torch.bool)
+    tok[:, 3] = True
+    ctx = DHContext(size=(8, 8), control=control, has_control=has, defect_tokens=tok)
+    with torch.no_grad():
+        got = attn(hs, encoder_hidden_states=torch.cat([text, text]), dh=ctx)
+        # by hand
+        d = c // hh
+        so_grid = torch.nn.functional.avg_pool2d(control, 2).flatten(1)       # [b, 16]
+        out = torch.zeros(2 * b, w * w, c)
+        for i in range(b):
+            q_i, q_a = attn.to_q(hs[i]), attn.to_q(hs[b + i])
+            k, v = attn.to_k(text[i]), attn.to_v(text[i])
+            for h in range(hh):
+                sl = slice(h * d, (h + 1) * d)
+                si = torch.softmax(q_i[:, sl] @ k[:, sl].T / d ** 0.5, -1)     # [16, L]
+                sa = torch.softmax(q_a[:, sl] @ k[:, sl].T / d ** 0.5, -1)
+                so = torch.zeros_like(si)
+                if has[i]:
+                    so[:, 3] = so_grid[i]
+                mu = (si + sa + so) / (3.0 if has[i] else 2.0)
+                e = torch.zeros(2, w * w, L)
+                for t in range(L):
+                    maps = torch.stack([si[:, t], sa[:, t], so[:, t]]).view(1, 3, w, w)
+                    e[:, :, t] = torch.nn.functional.conv2d(maps, proc.eta.weight, proc.eta.bias, padding=1).view(2, -1)
+                out[i, :, sl] = (e[0] + mu) @ v[:, sl]
+                out[b + i, :, sl] = (e[1] + mu) @ v[:, sl]
+        want = attn.to_out[0](out)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def _square(y, x, s=6, size=16):
     m = torch.zeros(1, 1, size, size)
     m[..., y:y + s, x:x + s] = 1
     return m
 
 
-def test_control_map_moves_the_mask():
-    """Toy task: masks are random squares known only through S^O; after a short training the
-    generated annotation is higher inside the control region than when the control is elsewhere."""
-    model = _model("dhdiff", lr=3e-3, strength=1.0)   # the paper's pure-noise sampler
+def test_control_map_moves_the_mask(monkeypatch):
+    """Toy task: masks are random squares known only through S^O. After a short training, under
+    the SAME noise, a left control puts more annotation on the left than a right control does
+    (and vice versa); with S^O zeroed inside SSM the two controls give the same annotation."""
+    model = _model("dda+ssm", lr=3e-3)   # the paper's pure-noise sampler
     model.train()
     opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -139,16 +220,19 @@ def test_control_map_moves_the_mask():
         loss.backward()
         opt.step()
     model.eval()
-    left, right = _square(5, 0), _square(5, 10)
-    ctl = torch.cat([left.expand(4, -1, -1, -1), right.expand(4, -1, -1, -1)])
-    ref = torch.zeros(8, 3, 16, 16)
-    _, ann = model.sample(ref, ["toy"] * 8, ["scratch"] * 8, control=ctl, has_control=torch.ones(8, dtype=torch.bool),
-                          steps=8, generator=torch.Generator().manual_seed(1), use_reference=False)
-    in_left = ann[:, 5:11, 0:6].mean((1, 2))
-    in_right = ann[:, 5:11, 10:16].mean((1, 2))
-    # left control -> more annotation on the left than the right-controlled samples have there
-    assert in_left[:4].mean() > in_left[4:].mean()
-    assert in_right[4:].mean() > in_right[:4].mean()
+    ref = torch.zeros(4, 3, 16, 16)
+    on = torch.ones(4, dtype=torch.bool)
+
+    def ann(ctl):   # same seed: the same initial noise for both controls
+        return model.sample(ref, ["toy"] * 4, ["scratch"] * 4, control=ctl.expand(4, -1, -1, -1), has_control=on,
+                            steps=8, generator=torch.Generator().manual_seed(1), use_reference=False)[1]
+
+    a_left, a_right = ann(_square(5, 0)), ann(_square(5, 10))
+    assert a_left[:, 5:11, 0:6].mean() > a_right[:, 5:11, 0:6].mean()
+    assert a_right[:, 5:11, 10:16].mean() > a_left[:, 5:11, 10:16].mean()
+    # S^O zeroed: the control can no longer reach the model
+    monkeypatch.setattr(DHContext, "control_tokens", lambda self, n: torch.zeros(self.control.shape[0], n))
+    assert torch.equal(ann(_square(5, 0)), ann(_square(5, 10)))
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +322,7 @@ def _tiny_sd(path):
 
 def test_sd_scale_from_a_local_folder(tmp_path):
     _tiny_sd(tmp_path)
-    gen = create_generator("dhdiff", scale="sd", sd_path=str(tmp_path), resolution=16, steps=2,
+    gen = create_generator("dhdiff", scale="sd", sd_path=str(tmp_path), text_encoder="learned", resolution=16, steps=2,
                            batch_size=2, ddim_steps=2, sample_batch=2)
     data = _toy_data()
     gen.fit(data, np.random.default_rng(0))
@@ -258,7 +342,7 @@ def test_missing_paths_are_named_errors(tmp_path):
         create_generator("dhdiff", scale="sd", sd_path=str(tmp_path / "nope")).fit(_toy_data(), np.random.default_rng(0))
     with pytest.raises(ValueError, match="clip_path"):
         create_generator("dhdiff", clip_path=str(tmp_path / "nope"), **SMALL).fit(_toy_data(), np.random.default_rng(0))
-    with pytest.raises(ValueError, match="not_a_field"):
+    with pytest.raises(ConfigError, match="not_a_field"):
         create_generator("dhdiff", not_a_field=1)
 
 
@@ -286,8 +370,8 @@ def test_clean_mask_keeps_the_blob_and_drops_specks():
 
 
 def test_strength_below_one_starts_from_the_noised_reference():
-    """SDEdit start: with strength < 1 and a tiny noise level, the sample is the reference pair."""
-    model = _model("dhdiff", strength=0.01, ddim_steps=1)
+    """SDEdit start (dhdiff_sdedit only): with strength < 1 and a tiny noise level, the sample is the reference pair."""
+    model = _model("dda+ssm", strength=0.01, ddim_steps=1)
     _, ts = model.schedule()
     assert int(ts[0]) <= 10 and model.t_max() <= 12
     g = torch.Generator().manual_seed(0)
@@ -298,18 +382,18 @@ def test_strength_below_one_starts_from_the_noised_reference():
                             generator=torch.Generator().manual_seed(1))
     assert (img - x).abs().mean() < 0.1
     assert torch.equal(ann > 0, m[:, 0] > 0)
-    img_p, _ = _model("dhdiff", ddim_steps=1, strength=1.0).sample(x * m, ["toy"] * 2, ["scratch"] * 2,
+    img_p, _ = _model("dda+ssm", ddim_steps=1, strength=1.0).sample(x * m, ["toy"] * 2, ["scratch"] * 2,
                                                       generator=torch.Generator().manual_seed(1))
     assert (img_p - x).abs().mean() > 0.3           # strength 1 (paper): pure noise start
     with pytest.raises(ValueError, match="init_image"):
         model.sample(x * m, ["toy"] * 2, ["scratch"] * 2)
-    with pytest.raises(ValueError, match="strength"):
-        create_generator("dhdiff", strength=1.5)
+    with pytest.raises(ConfigError, match="strength"):
+        create_generator("dhdiff_sdedit", strength=1.5)
 
 
 @pytest.mark.parametrize("kind", ["v_prediction", "sample"])
 def test_prediction_types_train(kind):
-    model = _model("dhdiff", prediction_type=kind, strength=0.5).train()
+    model = _model("dda+ssm", prediction_type=kind, strength=0.5).train()
     _, ts = model.schedule()
     assert model.scheduler.config.prediction_type == kind and model.t_max() == int(ts[0]) + 1 <= 501
     opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-3)
@@ -333,3 +417,153 @@ def test_lr_schedule_warms_up_and_decays():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
     assert lr_factor(50, 100, 0, "constant") == 1.0
+
+
+# ---- issue 10 guards --------------------------------------------------------------------------
+def test_two_fits_with_the_same_rng_give_the_same_loss_history():
+    """Every weight init comes from fit's rng: torch's global RNG state does not matter."""
+    hist = []
+    for disturb in (0, 123):
+        torch.manual_seed(disturb)
+        torch.randn(disturb + 1)
+        gen = create_generator("dhdiff", **{**SMALL, "steps": 3})
+        gen.fit(_toy_data(), np.random.default_rng(11))
+        hist.append(list(gen.loss_history))
+    assert hist[0] == hist[1]
+    gen = create_generator("dhdiff", **{**SMALL, "steps": 3})
+    gen.fit(_toy_data(), np.random.default_rng(12))
+    assert gen.loss_history != hist[0]
+
+
+def test_ablations_share_their_initial_weights():
+    """Same rng -> the same U-Net and condition-encoder weights for every ablation (only the
+    processors differ), so Table VIII compares attention, not initialisations."""
+    states = {}
+    for name in ABLATIONS:
+        gen = create_generator(name, **SMALL)
+        gen.data = _toy_data()
+        gen._build(["toy"], ["scratch"], 5)
+        states[name] = {k: v for k, v in gen.model.state_dict().items() if "processor" not in k}
+    ref = states["dhdiff"]
+    for name, st in states.items():
+        assert st.keys() == ref.keys() and all(torch.equal(st[k], ref[k]) for k in ref), name
+
+
+def test_the_real_mask_does_not_enter_sampling():
+    """Two references with the same image and raw mask but different detailed masks give the
+    same sample: only r = x * m_raw, the prompt and the noise reach the model."""
+    gen = create_generator("dhdiff", **{**SMALL, "ref_augment": False, "max_retries": 0})
+    data = _toy_data()
+    gen.fit(data, np.random.default_rng(0))
+    a = data.anomalies[0]
+    m2 = a.mask.copy()
+    ys, xs = np.nonzero(a.mask)
+    m2[ys[0], xs[0]] = False                      # same raw-mask cells, different detailed mask
+    b = Pair(a.image, m2, a.defect_type)
+    out = [gen.sample_patches(a.defect_type, [r], np.random.default_rng(1), clean=False,
+                              generator=torch.Generator().manual_seed(2)) for r in (a, b)]
+    assert np.array_equal(out[0][0][0], out[1][0][0]) and np.array_equal(out[0][3], out[1][3])
+
+
+def test_untrained_masks_are_not_the_few_shot_masks():
+    """At the default (quick) config an untrained model's masks overlap the reference's own mask
+    little (IoU < 0.3): the masks come from the model, not from the set-up."""
+    from benchmark.studies.dhdiff_study import iou
+
+    gen = create_generator("dhdiff", steps=0, sample_batch=16)
+    data = _toy_data()
+    gen.fit(data, np.random.default_rng(0))
+    pool = [a for a in data.anomalies if a.defect_type == "stain"]
+    _, masks, _, _, real = gen.sample_patches("stain", pool * 4, np.random.default_rng(1))
+    assert np.mean([iou(m, r) for m, r in zip(masks, real)]) < 0.3
+
+
+def test_trained_beats_untrained_on_mask_image_agreement():
+    """Strength 1, clean-up off, toy data (flat background, dark or bright rectangles): the
+    trained model's image changes where its mask says; the untrained one's does not."""
+    from benchmark.studies.dhdiff_study import patch_agreement
+
+    data = _toy_data()
+    cfg = {**SMALL, "batch_size": 8, "ddim_steps": 8, "lr": 5e-3, "warmup": 10,
+           "lr_schedule": "cosine", "prediction_type": "v_prediction", "normal_share": 0.25}
+    scores = {}
+    for label, steps in (("untrained", 0), ("trained", 300)):   # measured: 0.50 -> 0.93
+        gen = create_generator("dhdiff", **{**cfg, "steps": steps})
+        gen.fit(data, np.random.default_rng(0))
+        refs = [a for a in data.anomalies if a.defect_type == "scratch"] * 8
+        ims, masks, _, _, _ = gen.sample_patches("scratch", refs, np.random.default_rng(1), clean=False)
+        vals = [v for v in (patch_agreement(i, m) for i, m in zip(ims, masks)) if v is not None]
+        scores[label] = float(np.mean(vals)) if vals else 0.5
+    assert scores["trained"] > scores["untrained"] + 0.2, scores
+
+
+def test_yaml_edit_changes_the_resolved_config(tmp_path, monkeypatch):
+    """gen.config is the resolved dataclass, so a changed quick YAML changes the cache key."""
+    before = asdict(create_generator("dhdiff").config)
+    y = tmp_path / "q.yaml"
+    y.write_text(dhconfig.QUICK_YAML.read_text().replace("steps: ", "steps: 1", 1))
+    monkeypatch.setattr(dhconfig, "QUICK_YAML", y)
+    after = create_generator("dhdiff")
+    assert asdict(after.config) != before and after.config.steps == int("1" + str(before["steps"]))
+    assert create_generator("dhdiff").cache_token() != {"config": before}
+    # resolving the resolved dict again gives the same config (the runner stores it)
+    assert asdict(type(after).resolve_config(asdict(after.config), "x")) == asdict(after.config)
+
+
+def test_variants_inherit_dhdiff_and_refuse_mixed_scales():
+    from generators.dhdiff import variant_cfg
+
+    section = {"dhdiff": {"steps": 7, "patch_size": 16}, "dhdiff_dda": {"lr": 0.01}}
+    gen = create_generator("dhdiff_dda", **variant_cfg("dhdiff_dda", section))
+    assert (gen.config.steps, gen.config.patch_size, gen.config.lr) == (7, 16, 0.01)
+    with pytest.raises(ConfigError, match=r"generator_cfg\.dhdiff_ssm\.scale"):
+        create_generator("dhdiff_ssm", **variant_cfg("dhdiff_ssm", {"dhdiff": {"scale": "sd", "sd_path": "/x"},
+                                                                     "dhdiff_ssm": {"scale": "tiny"}}))
+    with pytest.raises(ConfigError, match="dhdiff_sdedit"):
+        create_generator("dhdiff", strength=0.7)
+
+
+def test_full_mode_never_borrows_another_samples_mask(monkeypatch):
+    """Bug: a mask emptied by resizing was replaced by masks[0]. Now each mask is resized so
+    it stays non-empty and in place."""
+    gen = create_generator("dhdiff", **{**SMALL, "mode": "full", "resolution": 96})
+    gen.data, gen.model = _toy_data(), "no model needed: sample_patches is replaced"
+    big = np.zeros((96, 96), bool)
+    big[10:60, 10:60] = True
+    dot = np.zeros((96, 96), bool)
+    dot[80, 81] = True                             # one pixel: nearest-resizing to 48 px drops it
+    img = np.zeros((96, 96, 3), np.uint8)
+    monkeypatch.setattr(type(gen), "sample_patches",
+                        lambda self, *a, **k: ([img, img], [big, dot], [96, 96], None, None))
+    pairs = gen.generate(2, "scratch", np.random.default_rng(0))
+    assert pairs[1].mask.sum() == 1 and pairs[1].mask[40, 40]
+
+
+def test_few_step_ddim_starts_from_pure_noise():
+    """Bug: 'leading' spacing started a 6-step DDIM at t = 830; trailing starts at T - 1."""
+    _, ts = _model("dda+ssm", ddim_steps=6).schedule()
+    assert int(ts[0]) == 999 and len(ts) == 6
+
+
+def test_sd_scale_scheduler_and_text_encoder(tmp_path):
+    """Bugs: a missing scheduler/ fell back to clip_sample=True (latents clipped to +-1), and the
+    checkpoint's text encoder was dropped unless clip_path was set."""
+    _tiny_sd(tmp_path)
+    import shutil
+    shutil.rmtree(tmp_path / "scheduler")
+    model = DHDiffModel(resolve({"scale": "sd", "sd_path": str(tmp_path), "text_encoder": "learned"}),
+                        "dda+ssm", ["toy"], ["scratch"])
+    assert model.scheduler.config.clip_sample is False and model.schedule()[0].config.clip_sample is False
+    with pytest.raises(ValueError, match="text_encoder"):      # no text_encoder/, no clip_path: say so
+        DHDiffModel(resolve({"scale": "sd", "sd_path": str(tmp_path)}), "dda+ssm", ["toy"], ["scratch"])
+    (tmp_path / "text_encoder").mkdir()
+    with pytest.raises(ValueError, match="text_encoder/"):     # present: used (here: needs transformers)
+        DHDiffModel(resolve({"scale": "sd", "sd_path": str(tmp_path)}), "dda+ssm", ["toy"], ["scratch"])
+
+
+def test_fallback_counters():
+    gen = create_generator("dhdiff", **{**SMALL, "mask_threshold": 5.0, "max_retries": 1})
+    gen.fit(_toy_data(), np.random.default_rng(0))
+    gen.generate(3, "stain", np.random.default_rng(0))        # threshold above any value: all fall back
+    st = gen.stats()
+    assert st["samples"] == 3 and st["retries"] == 3 and st["topk_fallbacks"] == 3

@@ -35,7 +35,7 @@ class DHDiffConfig:
     text_dim: int = option(32, ge=4, help="learned-token width (cross_attention_dim) at tiny scale")
     n_ctx: int = option(7, ge=1, help="learned context tokens of the prompt template")
     text_encoder: str = option("auto", choices=("auto", "clip", "learned"),
-                               help="auto: CLIP at sd (clip_path, else sd_path/text_encoder), learned at tiny")
+                               help="auto: CLIP from clip_path if set, else sd_path/text_encoder at sd, learned tokens at tiny")
     # --- placement of DDA+SSM (paper IV-B, Table IX row 4); unplaced layers keep concat attention ---
     placement_encoder: str | list[int] = "all"
     placement_mid: bool = True

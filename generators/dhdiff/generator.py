@@ -111,6 +111,14 @@ class DHDiffGenerator(Generator):
                               f"'dhdiff_sdedit' (not DH-Diff)")
         return resolve(cfg, where)
 
+    # a few optimiser and sampling steps: enough for the registry contract tests to fit and sample
+    contract_settings = {"steps": 3, "warmup": 0, "ddim_steps": 2, "sample_batch": 4}
+
+    @property
+    def edit_margin(self) -> int:
+        """The composite blends over the mask dilated by ``dilate`` and blurred by as much again."""
+        return 2 * self.config.dilate
+
     def __init__(self, **cfg):
         super().__init__(**cfg)     # -> resolve_config: self.config is the resolved DHDiffConfig
         self.edits_normal = self.config.mode == "patch"

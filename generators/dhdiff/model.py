@@ -89,10 +89,12 @@ def _sd_dir(cfg: DHDiffConfig) -> Path:
 def _clip_source(cfg: DHDiffConfig) -> str | None:
     """Where the CLIP text encoder comes from, or None for learned tokens (see module docstring)."""
     kind = cfg.text_encoder
-    if kind == "learned" or (kind == "auto" and cfg.scale == "tiny"):
+    if kind == "learned":
         return None
     if cfg.clip_path:
         return cfg.clip_path
+    if kind == "auto" and cfg.scale == "tiny":
+        return None
     if cfg.sd_path and (Path(cfg.sd_path) / "text_encoder").is_dir():
         return cfg.sd_path
     raise ValueError(f"dhdiff: config field 'text_encoder' is {kind!r} at scale {cfg.scale!r} but neither "
@@ -116,8 +118,8 @@ class DHDiffModel(nn.Module):
             self.scheduler = (DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
                               if sched_dir.is_dir() else
                               DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                                            prediction_type=cfg.prediction_type, clip_sample=False))
-            if self.scheduler.config.clip_sample:   # latents are not in [-1, 1]
+                                            prediction_type=cfg.prediction_type))
+            if self.scheduler.config.clip_sample:   # latents are not in [-1, 1]: never clip them
                 self.scheduler = DDPMScheduler.from_config(self.scheduler.config, clip_sample=False)
             self.channels = self.unet.config.in_channels
         else:
