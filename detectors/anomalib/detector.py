@@ -24,13 +24,18 @@ import torch.nn.functional as F
 
 from generators.base import Pair
 
-from .. import backbones
-from .. import register_detector
+from .. import backbones, register_detector
 from ..base import Detector, DetectorContext
 from .data import as_images, make_datamodule, masks_to_tensor, pairs_arrays, to_tensor
 from .hooks import hooks_for
 from .offline import MissingWeightsError, no_downloads
-from .options import TIMM, AnomalibOptions, check_model_kwargs, resolve_model_class, split_cfg
+from .options import (
+    TIMM,
+    AnomalibOptions,
+    check_model_kwargs,
+    resolve_model_class,
+    split_cfg,
+)
 
 # Lightning warnings that are expected here (no optimiser for memory banks, no logger, frozen
 # backbones in eval mode, anomalib's self.log without batch_size, a backbone module as hparam)
