@@ -60,7 +60,8 @@ def resolve_components(cfg: RunConfig) -> dict:
         for name in list(names) + [k for k in given if k not in names]:  # settings given but unused: checked too
             entry = _component_class(kind, name)
             resolver = getattr(entry, "resolve_config", None)
-            raw = dict(given.get(name, {}))
+            own = getattr(entry, "own_settings", None)  # ablation variants inherit their parent's settings
+            raw = own(name, given) if own is not None else dict(given.get(name, {}))
             where = f"{field_name}.{name}"
             if resolver is None:  # a plain factory without a settings dataclass: passed as given
                 out[(kind, name)] = raw

@@ -73,6 +73,12 @@ class Generator(ABC):
             return reject_settings(cfg, where)
         return build(cls.config_class, cfg, where)
 
+    @classmethod
+    def own_settings(cls, name: str, section: dict) -> dict:
+        """This generator's settings out of the whole ``generator_cfg`` section. Ablation variants
+        override it to inherit their parent's settings (DH-Diff: ``generator_cfg.dhdiff``)."""
+        return dict(section.get(name) or {})
+
     def stats(self) -> dict:
         """Counters of what the generator did besides its model (retries, fallbacks, pieces
         dropped by clean-up ...), stored in the record; empty when there are none."""

@@ -35,3 +35,17 @@ def test_cell_hash_ignores_device_but_not_seed():
     assert a.hash() == CellConfig("d", "c", "g", "u", seed=0, device="cuda").hash()
     assert a.hash() != CellConfig("d", "c", "g", "u", seed=1).hash()
     assert CellConfig.from_dict(a.to_dict()) == a
+
+
+def test_ablation_variants_inherit_the_parent_settings_and_refuse_mixed_scales():
+    from benchmark.runner import resolve_components
+
+    cfg = build_config("quick", None, {"generators": "dhdiff,dhdiff_dda", "categories": "wood"},
+                       ["generator_cfg.dhdiff.steps=7", "generator_cfg.dhdiff_dda.lr=0.01"])
+    comp = resolve_components(cfg)
+    assert comp[("generator", "dhdiff")]["steps"] == 7 and comp[("generator", "dhdiff_dda")]["steps"] == 7
+    assert comp[("generator", "dhdiff_dda")]["lr"] == 0.01 and comp[("generator", "dhdiff")]["lr"] != 0.01
+    mixed = build_config("quick", None, {"generators": "dhdiff,dhdiff_ssm", "categories": "wood"},
+                         ["generator_cfg.dhdiff.scale=sd", "generator_cfg.dhdiff_ssm.scale=tiny"])
+    with pytest.raises(ConfigError, match="scale"):
+        resolve_components(mixed)

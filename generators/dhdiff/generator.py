@@ -94,6 +94,10 @@ class DHDiffGenerator(Generator):
     config_class = DHDiffConfig
 
     @classmethod
+    def own_settings(cls, name: str, section: Mapping) -> dict:
+        return variant_cfg(name, section)
+
+    @classmethod
     def resolve_config(cls, cfg: dict, where: str, variant: str | None = None) -> DHDiffConfig:
         """Preset (quick YAML at tiny, SD_PRESET at sd) + ``base`` (generator_cfg.dhdiff, for the
         ablations) + the generator's own dict, built and checked. Idempotent on its own output."""
