@@ -18,6 +18,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python run_benchmark.py $(ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest tests $(ARGS)
 
 perf: $(STAMP)

@@ -277,7 +277,8 @@ def compare_markdown(df: pd.DataFrame, run: str = "", level: float = 0.95) -> st
     head = (f"### {run + ': ' if run else ''}{a} − {b}, Δ in points (%), {int(100 * level)}% interval, "
             f"two-sided p; paired on the same evaluation images")
     if n is not None:
-        head += f"; {n['n_cells']} cells ({n['n_categories']} categories × {n['n_seeds']} seed{'s' if n['n_seeds'] != 1 else ''}), mean of per-cell Δ"
+        seeds = f"{n['n_seeds']} seed{'s' if n['n_seeds'] != 1 else ''}"
+        head += f"; {n['n_cells']} cells ({n['n_categories']} categories × {seeds}), mean of per-cell Δ"
     lines = [head, "", "| metric | test | Δ | interval | p | recorded Δ | note |", "|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         iv = "–" if not np.isfinite(r["lo"]) else f"[{_pts(r['lo'])}, {_pts(r['hi'])}]"

@@ -449,7 +449,8 @@ def _load_backbone(net_module, sd: dict, path: Path) -> None:
     missing = [i for i in wanted if i not in groups]
     if missing:
         raise ValueError(f"quality.lpips_weights = {str(path)!r}: no weights for backbone layer(s) "
-                         f"{', '.join(f'features.{i}' for i in missing[:3])} (is it the torchvision state dict of the chosen lpips_net?)")
+                         f"{', '.join(f'features.{i}' for i in missing[:3])} "
+                         f"(is it the torchvision state dict of the chosen lpips_net?)")
     try:
         for i in wanted:
             by_index[i].load_state_dict(groups[i], strict=True)

@@ -18,7 +18,6 @@ from rich.console import Console
 
 from . import store, tables
 
-
 MISMATCH_MARK = "‡"
 
 

@@ -174,13 +174,15 @@ def run_local(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list
         task = prog.add_task("cells", total=len(cells), status="")
         for c in cells:
             prog.update(task, status=c.label)
-            with store.cell_lock(cfg.run_dir, c.hash(),
-                                 on_wait=lambda: prog.update(task, status=f"{c.label}: waiting for another "
-                                                                           f"process computing it")):
+
+            def say(msg: str, label: str = c.label) -> None:
+                prog.update(task, status=f"{label}: {msg}")
+
+            with store.cell_lock(cfg.run_dir, c.hash(), on_wait=lambda: say("waiting for another process computing it")):
                 if store.is_done(cfg.run_dir, c.hash()):  # done by another process meanwhile
                     prog.advance(task)
                     continue
-                rec = run_cell(c, cfg.cache_dir, progress=lambda m: prog.update(task, status=f"{c.label}: {m}"))
+                rec = run_cell(c, cfg.cache_dir, progress=say)
                 store.write_record(cfg.run_dir, rec)
             _report_failure(console, rec)
             out.append(rec)

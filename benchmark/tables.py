@@ -288,8 +288,10 @@ def build_table(records: list[dict], dataset: str, kind: str, run: str = "",
     frame.index.name = "category"
     seeds = sorted({r["config"]["seed"] for r in ds})
     kinds = {s.interval for s in table_stats.values() if s.n_ok}
-    what = "(" + ", ".join(LABELS[m] for m in metrics_all) + ")" if len(metrics_all) == 2 else LABELS[metrics_all[0]]
-    title = (f"{dataset}: {what} in %{' — run ' + run if run else ''}; image {_joined(r['config']['image_size'] for r in ds)} px, "
+    what = ("(" + ", ".join(LABELS[m] for m in metrics_all) + ")" if len(metrics_all) == 2
+            else LABELS[metrics_all[0]])
+    run_part = f" — run {run}" if run else ""
+    title = (f"{dataset}: {what} in %{run_part}; image {_joined(r['config']['image_size'] for r in ds)} px, "
              f"eval {_joined(r['config']['eval_size'] for r in ds)} px; detector {_recipe(ds)}; "
              f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}); "
              f"{interval_note(kinds)}; pixel metrics exact (not binned)")

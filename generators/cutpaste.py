@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import common
+from . import common, register_generator
 from .base import FitData, Generator, Pair
-from . import register_generator
 
 
 @dataclass

@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 from benchmark.datasets import DataError, create_dataset, list_datasets, load_image, load_mask
-from tests.layouts import (LOCO_DEFECTS_CONFIG, make_mpdd_tree, make_mvtec_ad_tree,
-                           make_mvtec_loco_tree, make_visa_pytorch_tree, make_visa_tree)
+from tests.layouts import (
+    LOCO_DEFECTS_CONFIG,
+    make_mpdd_tree,
+    make_mvtec_ad_tree,
+    make_mvtec_loco_tree,
+    make_visa_pytorch_tree,
+    make_visa_tree,
+)
 
 
 def counts(df) -> Counter:

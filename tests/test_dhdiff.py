@@ -4,19 +4,19 @@ guards: the model (not the set-up) makes the pair, each registry name builds its
 fit is deterministic given its rng, and the listed bugs stay fixed."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from generators import FitData, Pair, create_generator, list_generators
-from dataclasses import asdict
-
 from benchmark.schema import ConfigError
+from generators import FitData, Pair, create_generator
 from generators.dhdiff import config as dhconfig
 from generators.dhdiff.config import resolve
-from generators.dhdiff.model import DHDiffModel
 from generators.dhdiff.generator import lr_factor
+from generators.dhdiff.model import DHDiffModel
 from generators.dhdiff.patches import clean_mask, composite, raw_mask
 from generators.dhdiff.processors import DDAProcessor, DHContext, SSMProcessor
 

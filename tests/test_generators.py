@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from generators import FitData, Pair, create_generator, get_generator_class, list_generators
-from generators import common
+from generators import FitData, Pair, common, create_generator, get_generator_class, list_generators
 
 BASELINES = ["cutpaste", "cutpaste_scar", "crop_paste", "draem", "nsa"]
 SIZE = 64

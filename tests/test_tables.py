@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmark import compare, stats, tables
-from benchmark.metrics import auroc as exact_auroc
 from benchmark.config import ConfigError
+from benchmark.metrics import auroc as exact_auroc
 
 
 def make_record(category="a", generator="g", detector="unet", seed=0, *, dataset="ds", status="ok",

@@ -43,8 +43,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import register_dataset
 from ..schema import build, option
+from . import register_dataset
 from .base import DataError
 from .mvtec_ad import MVTecAD
 
@@ -352,7 +352,8 @@ def _d_hole(rng, img, aux, cat, s):
     rim = np.exp(-(np.maximum(d, 0) / rim_w) ** 2) * (1 - inside) * rng.uniform(0.1, 0.45)
     bright = np.clip(img * 1.0 + 0.5, 0, 1)
     wt = inside + rim
-    target = (inside[..., None] * dark[..., None] * _rgb((1, 0.97, 0.92)) + rim[..., None] * bright) / np.maximum(wt, 1e-6)[..., None]
+    target = (inside[..., None] * dark[..., None] * _rgb((1, 0.97, 0.92)) + rim[..., None] * bright) \
+        / np.maximum(wt, 1e-6)[..., None]
     return target, np.clip(wt, 0, 1)
 
 

@@ -51,8 +51,7 @@ from generators.base import FitData, Generator, Pair
 
 from .config import DHDiffConfig, inherit, resolve
 from .model import DHDiffModel
-from .patches import (clean_mask, composite, control_map, crop, defect_box, estimate_foreground, raw_mask,
-                      resize_mask)
+from .patches import clean_mask, composite, control_map, crop, defect_box, estimate_foreground, raw_mask, resize_mask
 
 NORMAL = "good"   # the defect word of normal training crops (empty annotation)
 

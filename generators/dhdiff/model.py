@@ -111,8 +111,10 @@ class DHDiffModel(nn.Module):
         self.vae: AutoencoderKL | None = None
         if cfg.scale == "sd":
             path = _sd_dir(cfg)
-            self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False)
-            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True, low_cpu_mem_usage=False).requires_grad_(False)
+            self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True,
+                                                             low_cpu_mem_usage=False)
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True,
+                                                low_cpu_mem_usage=False).requires_grad_(False)
             object.__setattr__(self, "vae", vae)   # frozen, loaded from the path, not in state_dict
             sched_dir = path / "scheduler"
             self.scheduler = (DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
