@@ -46,12 +46,12 @@ import numpy as np
 import torch
 
 from benchmark.schema import ConfigError
-from generators import register_generator
+from generators import common, register_generator
 from generators.base import FitData, Generator, Pair
 
 from .config import DHDiffConfig, inherit, resolve
 from .model import DHDiffModel
-from .patches import clean_mask, composite, control_map, crop, defect_box, estimate_foreground, raw_mask, resize_mask
+from .patches import clean_mask, composite, control_map, crop, defect_box, raw_mask, resize_mask
 
 NORMAL = "good"   # the defect word of normal training crops (empty annotation)
 
@@ -322,8 +322,8 @@ class DHDiffGenerator(Generator):
             return None
         if i not in self._fg:
             img = self.data.normals[i]
-            fg = self.data.foreground(img) if self.data.foreground else estimate_foreground(img)
-            self._fg[i] = np.asarray(fg, bool)
+            # the one foreground estimate every generator uses (generators.common)
+            self._fg[i] = common.checked_foreground(common.foreground_fn(self.data), img)
         return self._fg[i]
 
     def sample_patches(self, defect: str, refs: list[Pair], rng: np.random.Generator, control=None,

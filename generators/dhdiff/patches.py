@@ -118,16 +118,6 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) > 0
 
 
-def estimate_foreground(image: np.ndarray) -> np.ndarray:
-    """Object foreground without a model: pixels far (Otsu) from the border's median colour."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
-    dist = np.linalg.norm(image.astype(np.float32) - np.median(border, 0), axis=-1)
-    d8 = cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    _, fg = cv2.threshold(d8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)).astype(bool)
-    return fg if fg.mean() > 0.02 else np.ones(image.shape[:2], bool)
-
-
 def composite(normal: np.ndarray, patch: np.ndarray, pmask: np.ndarray, side: int,
               rng: np.random.Generator, foreground: np.ndarray | None = None,
               dilate: int = 3, tries: int = 10) -> tuple[np.ndarray, np.ndarray] | None:
