@@ -42,10 +42,7 @@ class CropPaste(Generator):
 
     needs_masks = True
     needs_anomalies = True
-    edits_normal = True
     version = 1
-
-    _normals: list[np.ndarray] | None = None   # set by fit(); generate() before fit() is an error
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:
         self._normals = common.check_normals(data, "crop_paste")

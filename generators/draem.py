@@ -167,7 +167,6 @@ class Draem(Generator):
     uses_aux_images = True  # the runner loads other categories' normals as texture sources
     version = 1
 
-    _normals: list[np.ndarray] | None = None   # set by fit(); generate() before fit() is an error
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:
         self._normals = common.check_normals(data, "draem")

@@ -52,12 +52,7 @@ class Nsa(Generator):
     """Poisson-blended patches from other normals; knows no defect types."""
     config_class = NsaConfig
 
-    needs_masks = False
-    needs_anomalies = False
-    edits_normal = True
-    version = 1
-
-    _normals: list[np.ndarray] | None = None   # set by fit(); generate() before fit() is an error
+    version = 1   # needs neither masks nor anomalies; edits a normal (the base defaults)
 
     def fit(self, data: FitData, rng: np.random.Generator) -> None:
         self._normals = common.check_normals(data, "nsa")
