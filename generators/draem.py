@@ -167,7 +167,6 @@ class Draem(Generator):
     uses_aux_images = True  # the runner loads other categories' normals as texture sources
     version = 1
 
-
     def fit(self, data: FitData, rng: np.random.Generator) -> None:
         self._normals = common.check_normals(data, "draem")
         c = self.config
