@@ -14,7 +14,7 @@ from .registry import UnknownNameError
 from .store import RecordError
 
 # subcommands that live in their own module: module.add_parser(subparsers), module.run(args, console)
-PLUGGED: dict[str, str] = {"compare": "benchmark.compare"}
+PLUGGED: dict[str, str] = {"compare": "benchmark.compare", "weights": "benchmark.weights"}
 SUBCOMMANDS = ("run", "report", "samples", "list", *PLUGGED)
 
 
