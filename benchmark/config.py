@@ -110,7 +110,8 @@ class RunConfig:
     run: str = option("quick", help="run name: the folder under results_dir")
     datasets: list[str] = option(["synthetic"])
     data_root: str | None = None
-    categories: str | list[str] = "all"
+    # "all", a list, or per data set {synthetic: [weave, hex_nut]} (a data set not named: all)
+    categories: str | list[str] | dict[str, str | list[str]] = "all"
     generators: list[str] = option(["cutpaste"])
     detectors: list[str] = option(["unet"])
     seeds: list[int] = option([0], ge=0)
@@ -136,16 +137,27 @@ class RunConfig:
         for name in ("datasets", "generators", "detectors", "seeds"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: the grid needs at least one, got an empty list")
-        if isinstance(self.categories, str) and self.categories != "all":
-            self.categories = [c.strip() for c in self.categories.split(",") if c.strip()]
-        if not self.categories:
-            raise ConfigError("categories: expected 'all' or a non-empty list")
+        def norm(v):
+            if isinstance(v, str) and v != "all":
+                v = [c.strip() for c in v.split(",") if c.strip()]
+            if not v:
+                raise ConfigError("categories: expected 'all' or a non-empty list")
+            return v
+
+        self.categories = ({k: norm(v) for k, v in self.categories.items()} if isinstance(self.categories, dict)
+                           else norm(self.categories))
         for key in ("dataset_cfg", "generator_cfg", "detector_cfg"):
             for name, sub in getattr(self, key).items():
                 if sub is None:
                     getattr(self, key)[name] = {}
                 elif not isinstance(sub, dict):
                     raise ConfigError(f"{key}.{name}: expected a mapping of settings, got {sub!r}")
+
+    def categories_for(self, dataset: str) -> str | list[str]:
+        """The categories asked for on one data set ("all" or a list)."""
+        if isinstance(self.categories, dict):
+            return self.categories.get(dataset, "all")
+        return self.categories
 
     def root_of(self, dataset: str) -> str | None:
         """Data root of one data set: with several data sets, ``<data_root>/<dataset>`` when that

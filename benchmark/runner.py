@@ -128,11 +128,12 @@ def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
     for dataset in cfg.datasets:
         adapter = create_dataset(dataset, cfg.root_of(dataset), **components[("dataset", dataset)])
         cats = adapter.categories()
-        if cfg.categories != "all":
-            missing = [c for c in cfg.categories if c not in cats]
+        wanted = cfg.categories_for(dataset)
+        if wanted != "all":
+            missing = [c for c in wanted if c not in cats]
             if missing:
                 raise ConfigError(f"data set {dataset!r} has no categories {missing}; found: {', '.join(cats)}")
-            cats = list(cfg.categories)
+            cats = list(wanted)
         for cat in cats:  # e.g. LOCO without defects_config.json: found now, before any training
             note = check_ready(adapter, cat)
             if note:

@@ -68,6 +68,8 @@ def differences(stored: dict, current: dict) -> list[str]:
 
 
 def _union(a: object, b: object) -> object:
+    if isinstance(a, dict) or isinstance(b, dict):
+        return b
     if isinstance(a, list) and isinstance(b, list):
         return a + [x for x in b if x not in a]
     return b if a == "all" or b == "all" else a

@@ -24,7 +24,8 @@ def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = 
     components = resolve_components(cfg)  # every setting validated before any work
     dataset = cfg.datasets[0]
     adapter = create_dataset(dataset, cfg.root_of(dataset), **components[("dataset", dataset)])
-    category = cfg.categories[0] if cfg.categories != "all" else adapter.categories()[0]
+    wanted = cfg.categories_for(dataset)
+    category = wanted[0] if wanted != "all" else adapter.categories()[0]
     cell = cfg.cell(dataset, category, generator, cfg.detectors[0], cfg.seeds[0], components)
     cell.pairs_per_defect = n
     split = few_shot_split(adapter.samples(category), cell.split.fraction, cell.split.mode, cell.seed)

@@ -37,7 +37,7 @@ def study_config(categories: str | None = None, generators: str | None = None, s
                  sets: list[str] | None = None) -> RunConfig:
     """The quick preset with the study's grid; one torch thread per cell (recorded, not hashed)."""
     over = {"generators": generators or ",".join(GENERATORS), "seeds": seeds or ",".join(map(str, SEEDS)),
-            "categories": categories, "results_dir": results_dir, "device": device, "run": run,
+            "categories": categories or "all", "results_dir": results_dir, "device": device, "run": run,
             "threads": 1}
     return build_config("quick", overrides=over, sets=sets)
 
