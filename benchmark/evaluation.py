@@ -1,7 +1,7 @@
 """The evaluation protocol: from a detector's raw scores and maps to the table metrics of one cell.
 
 Moved out of ``cell.py`` so that cell.py holds only the steps (issue 11 item 5); the metric
-definitions live in ``benchmark.metrics`` and the protocol is written down in EVALUATION.md.
+definitions live in ``benchmark.metrics`` and the protocol is written down in docs/evaluation.md.
 
 What is decided here, and why:
 - Pixel metrics are computed at ``cfg.eval_size`` (maps resized bilinearly, masks nearest), one

@@ -1,4 +1,4 @@
-"""Table metrics: exact AUROC / AP / F1-max, AUPRO and LOCO AU-sPRO (see design/EVALUATION.md).
+"""Table metrics: exact AUROC / AP / F1-max, AUPRO and LOCO AU-sPRO (see docs/evaluation.md).
 
 Pure functions over arrays, float64 on raw scores, no binning. Speed comes from never arg-sorting
 the ~10M normal pixels: they are sorted by value only (``np.sort``), the few anomalous pixels are

@@ -1,4 +1,4 @@
-"""Generation-quality metrics per generator and defect type (see design/EVALUATION.md).
+"""Generation-quality metrics per generator and defect type (see docs/evaluation.md).
 
 Weight-free numbers are always computed, for every generator (mask binariness, mask-area
 statistics against the real few-shot masks, change outside the mask and mask-image agreement for

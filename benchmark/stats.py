@@ -1,6 +1,6 @@
 """How sure a number is: t-intervals over seeds, stratified bootstrap over images, paired tests.
 
-Why these and not others (design/EVALUATION.md, "Evidence"):
+Why these and not others (docs/evaluation.md, "Evidence"):
 - Over seeds the metric of one cell is one draw of everything random in a run (split, generator,
   detector init, batch order), so a Student t-interval of the per-seed values is the honest
   interval when there are >= 2 seeds.

@@ -2,7 +2,7 @@
 
 Rows are categories plus an average row, columns are methods (generator, or generator / detector
 when several detectors ran), cells "(image, pixel)" in % as in the DH-Diff paper's Table II, each
-value "mean ±h". Why this shape and these rules (issue 9, design/EVALUATION.md "Evidence"):
+value "mean ±h". Why this shape and these rules (issue 9, docs/evaluation.md "Evidence"):
 - ±h is the half-width of a 95% interval: over seeds a Student t-interval when >= 2 seeds ran;
   with one seed the stratified per-image bootstrap of the record's stored scores. The title says
   which. No interval (one seed and a metric that cannot be resampled, e.g. AUPRO): no ±.

@@ -2,7 +2,7 @@
 
 Every detector returns raw scores (higher = more anomalous) and raw anomaly maps at the input
 resolution; benchmark.metrics turns them into numbers, so tables never depend on which
-detector ran (see EVALUATION.md: anomalib's own metric path is not used).
+detector ran (see docs/evaluation.md: anomalib's own metric path is not used).
 """
 from __future__ import annotations
 

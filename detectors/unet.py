@@ -3,7 +3,7 @@
 Trained on normal train images (empty masks) plus generated pairs with focal loss (optionally +
 Dice); image score = max of the 21x21 average-pooled anomaly map, as in the DRAEM /
 AnomalyDiffusion evaluation scripts. The last checkpoint is used: nothing is selected on the
-evaluation set (EVALUATION.md, "The protocol flaw we refuse to copy").
+evaluation set (docs/evaluation.md, "The protocol flaw we refuse to copy").
 """
 from __future__ import annotations
 

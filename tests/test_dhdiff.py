@@ -1,4 +1,4 @@
-"""DH-Diff: the properties dh-diff.md says a CPU can prove (decoupling, zero-init, SSM fusion,
+"""DH-Diff: the properties docs/dhdiff.md says a CPU can prove (decoupling, zero-init, SSM fusion,
 control, both scales' shapes, training, binary masks, determinism, checkpoints), and issue 10's
 guards: the model (not the set-up) makes the pair, each registry name builds its own ablation,
 fit is deterministic given its rng, and the listed bugs stay fixed."""

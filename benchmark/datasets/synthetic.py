@@ -533,14 +533,15 @@ def build_workers(cfg: SyntheticConfig) -> int:
 
 def _build(tmp: Path, cfg: SyntheticConfig, workers: int | None = None) -> None:
     workers = build_workers(cfg) if workers is None else workers
-    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+    if workers <= 1:
         for cat in CATEGORIES:
             _build_category(tmp, cfg, cat)
         return
-    # fork, not spawn: spawn re-imports the caller's __main__, which breaks scripts without a main
-    # guard. The children run numpy and OpenCV only (OpenCV single-threaded), never torch's
-    # OpenMP pool, so a parent that already ran torch threads cannot deadlock them.
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_init) as pool:
+    # spawn, not fork: a forked child of a process whose BLAS / OpenMP / OpenCV pools already ran
+    # can wait forever on a lock held by a thread that does not exist in the child (seen here in
+    # the test suite). spawn starts clean interpreters; scripts that build the data set must
+    # then keep their work under `if __name__ == "__main__":` (run_benchmark.py does).
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
         for f in [pool.submit(_build_category, tmp, cfg, cat) for cat in CATEGORIES]:
             f.result()
 

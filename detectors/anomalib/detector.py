@@ -1,6 +1,6 @@
 """The ``anomalib:<Model>`` detector: build with raw outputs, train with a bare Trainer, read out.
 
-anomalib is our model zoo only (EVALUATION.md): every model is built with ``post_processor=False``,
+anomalib is our model zoo only (docs/evaluation.md): every model is built with ``post_processor=False``,
 ``evaluator=False`` and ``visualizer=False``, trained by a bare Lightning ``Trainer`` (no logger,
 no checkpoints, no validation loop, so nothing is normalised, thresholded or selected on any
 evaluation data), and ``predict`` returns the torch model's own ``pred_score`` / ``anomaly_map``.

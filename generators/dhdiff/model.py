@@ -1,7 +1,7 @@
 """The DH-Diff network: one diffusers U-Net over two stacked streams, a Siamese condition
 encoder for the reference, a prompt encoder, and (sd scale) a frozen VAE.
 
-Choices where the paper is silent (also in dh-diff.md):
+Choices where the paper is silent (also in docs/dhdiff.md):
 * The condition encoder is a deep copy of the U-Net's conv_in, time embedding and down blocks
   (ControlNet-style; at sd scale it therefore starts from the pretrained encoder). F^R at a
   resolution is the last feature of the down block at that level before downsampling; decoder

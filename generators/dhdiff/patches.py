@@ -1,6 +1,6 @@
 """Pure numpy helpers: raw masks, defect crops (patch mode), control maps, compositing.
 
-Patch mode (dh-diff.md, tiny scale): the model sees a ``patch_size`` crop around each defect,
+Patch mode (docs/dhdiff.md, tiny scale): the model sees a ``patch_size`` crop around each defect,
 taken 1:1; a generated (patch, mask) is pasted 1:1 into a normal image, changing pixels only
 inside a dilated copy of the generated mask.
 """

@@ -2,7 +2,7 @@
 
 The U-Net runs both streams stacked on the batch axis, ``[image B | annotation B]``. The conv
 and ResNet weights never mix samples, so attention is the only place the streams can meet;
-which processor sits in an attention layer decides how (paper III-C/D, dh-diff.md):
+which processor sits in an attention layer decides how (paper III-C/D, docs/dhdiff.md):
 
 * ``plain``  - per-sample attention (stock diffusers behaviour): streams never meet. Used for
                text cross-attention wherever SSM is not placed.
