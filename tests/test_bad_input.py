@@ -34,7 +34,7 @@ def data_root(tmp_path):
 
 def _args(tmp_path, data_root, *extra, sets=TINY, run="t"):
     out = ["--dataset", "mvtec_ad", "--data-root", str(data_root), "--results-dir", str(tmp_path / "runs"),
-           "--run", run, "--generators", "cutpaste", "--categories", "bottle",
+           "--run", run, "--generators", "cutpaste", "--categories", "bottle", "--seeds", "0",
            "--set", f"cache_dir={tmp_path / 'cache'}"]
     for s in sets:
         out += ["--set", s]
@@ -158,7 +158,7 @@ def test_zero_pairs_never_makes_a_column(tmp_path, data_root, capsys):
 
 def _cfg(tmp_path, data_root, **over):
     over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
-            "run": "t", "generators": "cutpaste", "categories": "bottle,carpet", **over}
+            "run": "t", "generators": "cutpaste", "categories": "bottle,carpet", "seeds": "0", **over}
     cfg = build_config("quick", None, over, TINY)
     cfg.cache_dir = str(tmp_path / "cache")
     return cfg

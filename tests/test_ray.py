@@ -29,7 +29,7 @@ def test_ray_matches_local_and_records_failures(tmp_path, local_ray):
         # same torch thread count in both, so the float reductions (and records) are identical
         cfg = build_config("quick", None, {"datasets": "mvtec_ad", "data_root": str(root), "run": ex,
                                            "results_dir": str(tmp_path / "runs"), "executor": ex,
-                                           "generators": "cutpaste"},
+                                           "generators": "cutpaste", "seeds": "0"},
                            TINY + [f"ray.num_cpus={torch.get_num_threads()}"])
         cfg.cache_dir = str(tmp_path / f"cache-{ex}")
         _, recs = execute(cfg)

@@ -21,7 +21,7 @@ def data_root(tmp_path):
 
 def _cfg(tmp_path, data_root, **over):
     over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
-            "run": "t", "generators": "cutpaste", **over}
+            "run": "t", "generators": "cutpaste", "seeds": "0", **over}
     cfg = build_config("quick", None, over, TINY)
     cfg.cache_dir = str(tmp_path / "cache")
     return cfg
