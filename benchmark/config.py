@@ -129,6 +129,7 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     results_dir: str = "results/runs"
     cache_dir: str = "results/cache"
+    preset: str | None = option(None, help="the preset the config started from (set by build_config; a label)")
 
     def __post_init__(self) -> None:
         if not _RUN_NAME.match(self.run):
@@ -196,7 +197,7 @@ class RunConfig:
 
 # Fields that say where and how a run executes, not what it measures: never part of the
 # experiment's identity (see benchmark.runs).
-EXECUTION_FIELDS = ("run", "device", "threads", "executor", "ray", "results_dir", "cache_dir")
+EXECUTION_FIELDS = ("run", "device", "threads", "executor", "ray", "results_dir", "cache_dir", "preset")
 GRID_FIELDS = ("datasets", "categories", "generators", "detectors", "seeds")
 
 
@@ -251,7 +252,7 @@ def build_config(preset: str | None = None, config: str | Path | None = None,
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-        layers.append((f"preset {preset!r}", load_yaml(CONFIG_DIR / f"{preset}.yaml")))
+        layers.append((f"preset {preset!r}", {**load_yaml(CONFIG_DIR / f"{preset}.yaml"), "preset": preset}))
     if config is not None:
         layers.append((f"config file {str(config)!r}", load_yaml(config)))
     if overrides:

@@ -4,7 +4,8 @@ Why: reusing a run name with a changed config used to average old and new cells 
 table cell without a word (`steps=20` then `steps=60` printed the mean of both). The rule,
 checked before any work:
 - the *settings* (every resolved run field except the grid axes and the execution fields
-  `device`, `threads`, `executor`, `ray`, `results_dir`, `cache_dir`) must equal the stored ones;
+  `device`, `threads`, `executor`, `ray`, `results_dir`, `cache_dir`, and the `preset` label) must equal
+  the stored ones;
 - each component's resolved config (`generator_cfg.<name>`, `detector_cfg.<name>`,
   `dataset_cfg.<name>`) must equal the stored one for every name both know;
 - the grid may grow: new categories, generators, detectors, seeds and data sets join the run.
@@ -39,7 +40,7 @@ def manifest(cfg: RunConfig, components: dict) -> dict:
     for (kind, name), c in components.items():
         comp[kind][name] = c
     s = settings(cfg)
-    return {"schema": RUN_SCHEMA, "run": cfg.run, "settings": s, "settings_hash": digest(s),
+    return {"schema": RUN_SCHEMA, "run": cfg.run, "preset": cfg.preset, "settings": s, "settings_hash": digest(s),
             "components": comp, "grid": {k: getattr(cfg, k) for k in GRID_FIELDS}}
 
 
