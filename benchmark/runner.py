@@ -204,8 +204,8 @@ def _check_ray_address(address: str, timeout: float) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise ConfigError(f"ray.address {address!r}: cannot connect within {timeout:g} s "
-                          f"({e.strerror or e}); is the Ray head running?") from None
+        raise ConfigError(f"ray.address {address!r}: cannot connect ({e.strerror or e}; waited at most "
+                          f"{timeout:g} s); is the Ray head running?") from None
 
 
 def run_ray(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[dict]:
