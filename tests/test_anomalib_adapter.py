@@ -12,21 +12,16 @@ from torch import nn
 from detectors import DetectorContext, create_detector
 from detectors.anomalib import MissingWeightsError, PairAugmenter
 from generators.base import Pair
+from tests.toys import flat, square
 
 torch.set_num_threads(2)
 
 
 def _flat(rng, n, size=32):
-    """A flat grey texture with mild noise: the 'normal' class."""
-    return (120 + rng.normal(0, 6, (n, size, size, 3))).clip(0, 255).astype(np.uint8)
+    return flat(rng, n, size)
 
 
-def _square(img, top, left, side):
-    out = img.copy()
-    out[top:top + side, left:left + side] = 250
-    mask = np.zeros(img.shape[:2], bool)
-    mask[top:top + side, left:left + side] = True
-    return out, mask
+_square = square
 
 
 def _pairs(rng, n, size=32):

@@ -10,20 +10,16 @@ from benchmark import weights as W
 from benchmark.schema import ConfigError
 from detectors import DetectorContext, create_detector, get_detector_class
 from generators.base import Pair
+from tests.toys import flat, square
 
 torch.set_num_threads(1)
 
 
 def _flat(rng, n, size=64):
-    return (120 + rng.normal(0, 6, (n, size, size, 3))).clip(0, 255).astype(np.uint8)
+    return flat(rng, n, size)
 
 
-def _square(img, top, left, side):
-    out = img.copy()
-    out[top:top + side, left:left + side] = 250
-    mask = np.zeros(img.shape[:2], bool)
-    mask[top:top + side, left:left + side] = True
-    return out, mask
+_square = square
 
 
 @pytest.fixture(scope="module")
