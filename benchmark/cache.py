@@ -46,10 +46,6 @@ def lock_path(root: Path) -> Path:
     return root.parent / ".locks" / f"{root.name}.lock"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_pairs(root: Path) -> list[Pair] | None:
     """The cached pairs under ``root``; None when no set is there; CacheError when one is there
     but damaged (checksums, sizes, counts)."""
@@ -73,15 +69,18 @@ def load_pairs(root: Path) -> list[Pair] | None:
     for defect, n in counts.items():
         src = sources.get(defect, [None] * n)
         for i in range(n):
+            blobs = []  # each file read once: checked against its sha256, then decoded from the same bytes
             for name in (f"{i:03d}.png", f"{i:03d}_mask.png"):
                 rel = f"{defect}/{name}"
-                path = base / rel
-                if not path.is_file():
-                    raise CacheError(f"generated set {str(root)!r}: {rel} is missing")
-                if _sha256(path) != files.get(rel):
+                try:
+                    data = (base / rel).read_bytes()
+                except OSError:
+                    raise CacheError(f"generated set {str(root)!r}: {rel} is missing") from None
+                if hashlib.sha256(data).hexdigest() != files.get(rel):
                     raise CacheError(f"generated set {str(root)!r}: {rel} does not match its checksum")
-            img = cv2.imread(str(base / defect / f"{i:03d}.png"), cv2.IMREAD_COLOR)
-            mask = cv2.imread(str(base / defect / f"{i:03d}_mask.png"), cv2.IMREAD_GRAYSCALE)
+                blobs.append(np.frombuffer(data, np.uint8))
+            img = cv2.imdecode(blobs[0], cv2.IMREAD_COLOR)
+            mask = cv2.imdecode(blobs[1], cv2.IMREAD_GRAYSCALE)
             if img is None or mask is None or img.shape[:2] != mask.shape or \
                     (size is not None and img.shape[:2] != (size, size)):
                 raise CacheError(f"generated set {str(root)!r}: {defect}/{i:03d} has an unreadable or "

@@ -8,13 +8,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from detectors import list_detectors
-from generators import get_generator_class, list_generators
+from detectors import get_detector_class
+from generators import get_generator_class
 
 from . import runs, schema, store
 from .cell import NO_GENERATOR, run_cell
 from .config import CellConfig, ConfigError, RunConfig
-from .datasets import create_dataset, list_datasets
+from .datasets import DATASETS, create_dataset, list_datasets
 from .evaluation import check_ready
 from .registry import UnknownNameError
 
@@ -28,10 +28,6 @@ class Plan:
 
 
 def _component_class(kind: str, name: str):
-    from detectors import get_detector_class
-
-    from .datasets import DATASETS, list_datasets
-
     if kind == "generator":
         return get_generator_class(name)
     if kind == "detector":
@@ -46,19 +42,18 @@ def resolve_components(cfg: RunConfig) -> dict:
 
     Settings for a component name that is not registered (a typo such as `detector_cfg.uent`)
     are refused too, even when that name is not in the grid."""
-    _check_names(cfg)
     out: dict = {}
     for kind, field_name, names in (("generator", "generator_cfg", [g for g in cfg.generators if g != NO_GENERATOR]),
                                     ("detector", "detector_cfg", cfg.detectors),
                                     ("dataset", "dataset_cfg", cfg.datasets)):
         given = getattr(cfg, field_name)
-        for key in given:
-            try:
-                _component_class(kind, key)
-            except UnknownNameError as e:
-                raise ConfigError(f"{field_name}.{key}: {e}") from None
         for name in list(names) + [k for k in given if k not in names]:  # settings given but unused: checked too
-            entry = _component_class(kind, name)
+            try:
+                entry = _component_class(kind, name)
+            except UnknownNameError as e:  # one line listing the registered names
+                if name in names:
+                    raise
+                raise ConfigError(f"{field_name}.{name}: {e}") from None
             resolver = getattr(entry, "resolve_config", None)
             own = getattr(entry, "own_settings", None)  # ablation variants inherit their parent's settings
             raw = own(name, given) if own is not None else dict(given.get(name, {}))
@@ -66,19 +61,13 @@ def resolve_components(cfg: RunConfig) -> dict:
             if resolver is None:  # a plain factory without a settings dataclass: passed as given
                 out[(kind, name)] = raw
                 continue
-            variant = name.split(":", 1)[1] if ":" in name and name not in _registered(kind) else None
+            variant = name.split(":", 1)[1] if ":" in name else None  # a family member, e.g. anomalib:Padim
             out[(kind, name)] = schema.resolved(resolver(raw, where, variant) if variant else resolver(raw, where))
     return out
 
 
-def _registered(kind: str) -> list[str]:
-    return {"generator": list_generators, "detector": list_detectors, "dataset": list_datasets}[kind]()
-
-
 def _uses_pairs(name: str, resolved_cfg: dict) -> bool:
     """Whether a detector trains on generated pairs, read from its class (no model is built)."""
-    from detectors import get_detector_class
-
     cls = get_detector_class(name)
     hook = getattr(cls, "pairs_used", None)
     if hook is not None:
@@ -99,14 +88,6 @@ def check_device(device: str) -> None:
             raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps': MPS is not available on this machine; use --device cpu")
-
-
-def _check_names(cfg: RunConfig) -> None:
-    """Unknown names fail before any work, with one line listing what is registered."""
-    for kind, names in (("generator", [g for g in cfg.generators if g != NO_GENERATOR]),
-                        ("detector", cfg.detectors), ("dataset", cfg.datasets)):
-        for n in names:
-            _component_class(kind, n)  # UnknownNameError lists the registered names
 
 
 def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
@@ -157,8 +138,9 @@ def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
         raise ConfigError("the grid has no cell to run (every generator was skipped); see the lines above")
     if record_run:
         runs.check_and_record(cfg, components)
-    _, rejected = store.scan(cfg.run_dir)  # bad records are moved aside here, and named below
-    todo = [c for c in cells if not store.is_done(cfg.run_dir, c.hash())]
+    good, rejected = store.scan(cfg.run_dir)  # bad records are moved aside here, and named below
+    done = {r["hash"] for r in good if r["status"] == "ok"}
+    todo = [c for c in cells if c.hash() not in done]
     return Plan(cells, todo, list(dict.fromkeys(skipped)), rejected)
 
 
