@@ -26,7 +26,8 @@ def get_generator_class(name: str):
     return GENERATORS.get(name)
 
 
-_BUILTINS = ("cutpaste", "cutpaste_scar", "crop_paste", "draem", "nsa", "dhdiff")
+_BUILTINS = ("cutpaste", "cutpaste_scar", "crop_paste", "draem", "nsa", "dhdiff", "anomalydiffusion", "dualanodiff",
+             "realnet_sdas")
 
 
 def _import_builtins() -> None:

@@ -12,12 +12,13 @@ widths for the CPU budget and says why.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from benchmark.schema import ConfigError, build, option
+from generators.diffusion_prior import PriorConfig
 
 QUICK_YAML = Path(__file__).resolve().parents[2] / "configs" / "dhdiff_quick.yaml"
 
@@ -94,6 +95,20 @@ class DHDiffConfig:
             raise ConfigError("clip_path: text_encoder 'clip' at tiny scale needs a local CLIP folder")
 
 
+@dataclass
+class DHDiffPriorConfig(DHDiffConfig):
+    """Opt-in: DH-Diff fine-tuned from the shared tiny prior (generators.diffusion_prior) instead
+    of trained from scratch. A class of its own so that a config without ``prior`` (the default)
+    keeps exactly DHDiffConfig's fields, hence every existing cache key and checkpoint."""
+
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.scale != "tiny":
+            raise ConfigError("prior: the shared prior is a tiny-scale model; at sd scale the checkpoint is the prior")
+
+
 # Paper-scale preset of the sd scale (the paper's optimiser, batch and steps).
 SD_PRESET: dict = dict(scale="sd", steps=2000, batch_size=32, lr=1e-4, ddim_steps=50,
                        sample_batch=8, beta_schedule="scaled_linear", resolution=512)
@@ -116,7 +131,11 @@ def resolve(cfg: Mapping | None, where: str = "generator_cfg.dhdiff") -> DHDiffC
     if scale not in ("tiny", "sd"):
         raise ConfigError(f"{where}.scale: expected one of tiny, sd, got {scale!r}")
     base = quick_values() if scale == "tiny" else dict(SD_PRESET)
-    return build(DHDiffConfig, {**base, **cfg}, where)
+    merged = {**base, **cfg}
+    if merged.get("prior") is None:   # the default: no prior field at all (see DHDiffPriorConfig)
+        merged.pop("prior", None)
+        return build(DHDiffConfig, merged, where)
+    return build(DHDiffPriorConfig, merged, where)
 
 
 def inherit(base: Mapping | None, own: Mapping | None, where: str) -> dict:
@@ -131,4 +150,4 @@ def inherit(base: Mapping | None, own: Mapping | None, where: str) -> dict:
     return {**base, **own}
 
 
-__all__ = ["DHDiffConfig", "SD_PRESET", "quick_values", "resolve", "inherit"]
+__all__ = ["DHDiffConfig", "DHDiffPriorConfig", "SD_PRESET", "quick_values", "resolve", "inherit"]

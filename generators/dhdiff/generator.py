@@ -31,6 +31,12 @@ streams of ``dhdiff_dda`` align only through the unplaced layers' concatenation 
 quick config the decoder's unplaced attention block); with every block placed they cannot align
 at all. Variants inherit ``generator_cfg.dhdiff`` through the ``base`` key (see ``variant_cfg``);
 a different scale is refused. Seeds never depend on the registry name.
+
+Opt-in shared prior (config ``prior``, default off; issue 13): fit() first loads the tiny prior
+of generators.diffusion_prior (pretrained on the category's normals, cached beside work_dir,
+seeded with the same first draw of fit's rng) into the U-Net and the condition encoder, then
+trains as usual for ``steps``. The diffusion baselines inherit ``prior``, ``steps`` and
+``ddim_steps`` from this generator's settings, so one preset puts all four on one prior and budget.
 """
 from __future__ import annotations
 
@@ -251,12 +257,38 @@ class DHDiffGenerator(Generator):
                 return
         defects = sorted({a.defect_type for a in data.anomalies} | set(data.defect_types) | {NORMAL})
         self._build([data.category], defects, seed)
+        if getattr(self.config, "prior", None) is not None:   # opt-in: start from the shared prior
+            self._init_from_prior(data, seed)
         self.loss_history = []
         self.train(np.random.default_rng(seed))
         self.key = key
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             self.save(ckpt)
+
+    def _init_from_prior(self, data: FitData, seed: int) -> None:
+        """Opt-in (config ``prior``): the U-Net, the condition encoder (its Siamese copy) and the
+        DDA annotation projections W^A start from the shared tiny prior (generators.diffusion_prior)
+        pretrained on the normals with the same ``seed`` the baselines draw; the DH-Diff-only parts
+        (zeta, eta, prompt tokens) keep their zero/seeded init. Then training fine-tunes everything."""
+        from generators import diffusion_prior as dp
+
+        prior = dp.load_prior(dp.backbone_of(self.config), self.config.prior, data, seed)
+        state = prior.unet.state_dict()
+        missing, unexpected = self.model.unet.load_state_dict(state, strict=False)
+        if unexpected or any(".processor." not in k for k in missing):
+            raise ValueError(f"dhdiff: the prior's U-Net does not match DH-Diff's (missing "
+                             f"{[k for k in missing if '.processor.' not in k][:3]}, unexpected {unexpected[:3]})")
+        self.model.cond.load_state_dict({k: v for k, v in state.items()
+                                         if k.split(".", 1)[0] in ("conv_in", "time_embedding", "down_blocks")})
+        for mod in self.model.unet.modules():
+            proc = getattr(mod, "processor", None)
+            if hasattr(proc, "to_q_a"):     # W^A starts as a copy of W^I, as without a prior
+                proc.to_q_a.load_state_dict(mod.to_q.state_dict())
+                proc.to_k_a.load_state_dict(mod.to_k.state_dict())
+                proc.to_v_a.load_state_dict(mod.to_v.state_dict())
+        self.model.place(data.device)
+        self.prior_source = prior.source
 
     def train(self, rng: np.random.Generator, steps: int | None = None) -> list[float]:
         c, model = self.config, self.model

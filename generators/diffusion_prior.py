@@ -1,0 +1,437 @@
+"""A shared tiny prior, and what every diffusion generator on DH-Diff's backbone shares.
+
+docs/dh-diff.md ("A shared tiny prior"): what Stable Diffusion is to the papers, a small
+pixel-space diffusion model pretrained on normal images can be at ``tiny`` scale. Every
+diffusion generator (DH-Diff with its opt-in ``prior``, ``anomalydiffusion``, ``dualanodiff``,
+``realnet_sdas``) then starts from the same weights and spends the same optimiser and sampling
+steps, so a comparison between them is fair by construction.
+
+The prior
+* Backbone: DH-Diff's tiny U-Net (``generators.dhdiff.model._tiny_unet``: a diffusers
+  UNet2DConditionModel with the widths, attention levels, heads and text width of the resolved
+  ``generator_cfg.dhdiff``, by default configs/dhdiff_quick.yaml), one stream, 3 channels, the
+  same DDPM noise schedule and prediction type.
+* Data: ``patch_size`` crops (1:1, random flips) of FitData.normals. The Generator interface
+  hands a generator one category's normals, so the prior is pretrained **per category**, not per
+  data set (the design page's "once per data set" is not reachable through FitData).
+* Conditioning: the U-Net's text cross-attention sees ``PriorConfig.n_tokens`` learned "null"
+  tokens (trained with the prior). Generators add their own tokens after them (textual
+  inversion: anomaly/spatial/mask embeddings, branch tokens).
+* Seed: the first draw of fit's ``rng``. The runner gives every generator of one (seed,
+  category) the same fit rng (common random numbers), so all four get the same prior.
+* Cache: ``<FitData.work_dir>/../diffusion_prior/prior-<key>.pt``, key = sha256 of (backbone
+  fields, PriorConfig, seed, normals' bytes, version). The runner gives each generator its own
+  work_dir under one folder (``cache/work/<generator>-<key>``), so the prior sits beside them
+  and is trained once for the four generators; a file lock keeps concurrent cells from training
+  it twice. Without a work_dir (tests) it is trained in memory every fit.
+
+Settings in one place: the baselines inherit the backbone and the budget (``prior``,
+``steps``, ``batch_size``, ``lr``, ``warmup``, ``lr_schedule``, ``ddim_steps``,
+``sample_batch``; ``INHERITED``) from ``generator_cfg.dhdiff`` (resolved, quick YAML
+included) through ``own_settings``, as DH-Diff's ablations do. ``generator_cfg.dhdiff`` is the
+one place because the runner refuses settings under a name that is not a registered generator,
+and DH-Diff is the backbone they all share. A baseline's own section may still override a field
+(studies); the diffusion_baselines preset does not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from benchmark.schema import ConfigError, build, option
+
+from . import common
+from .base import FitData, Generator
+
+PRIOR_VERSION = 1
+BACKBONE_FIELDS = ("patch_size", "widths", "attn_levels", "layers_per_block", "heads", "text_dim",
+                   "num_train_timesteps", "beta_schedule", "prediction_type")
+BUDGET_FIELDS = ("steps", "batch_size", "lr", "warmup", "lr_schedule", "ddim_steps", "sample_batch")
+INHERITED = BACKBONE_FIELDS + BUDGET_FIELDS   # + prior: from generator_cfg.dhdiff
+
+
+@dataclass
+class PriorConfig:
+    """How the shared prior is pretrained (its backbone is the host config's BACKBONE_FIELDS)."""
+
+    steps: int = option(400, ge=0, help="optimiser steps of pretraining on the normals")
+    batch_size: int = option(8, ge=1)
+    lr: float = option(2e-3, gt=0)
+    warmup: int = option(20, ge=0)
+    lr_schedule: str = option("cosine", choices=("constant", "cosine"))
+    n_tokens: int = option(2, ge=1, help="learned null-text tokens the prior is conditioned on")
+
+
+@dataclass
+class DiffusionConfig:
+    """Fields every diffusion baseline shares; defaults are overwritten by generator_cfg.dhdiff."""
+
+    # --- backbone: DH-Diff's tiny U-Net ---
+    patch_size: int = option(32, ge=8, help="crop side in image pixels, taken 1:1")
+    widths: tuple[int, ...] = option((16, 32, 48), ge=4)
+    attn_levels: tuple[bool, ...] = (False, True, True)
+    layers_per_block: int = option(1, ge=1)
+    heads: int = option(2, ge=1)
+    text_dim: int = option(32, ge=4)
+    num_train_timesteps: int = option(1000, ge=2)
+    beta_schedule: str = option("squaredcos_cap_v2", choices=("squaredcos_cap_v2", "linear", "scaled_linear"))
+    prediction_type: str = option("v_prediction", choices=("epsilon", "v_prediction", "sample"))
+    # --- the shared budget ---
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    steps: int = option(180, ge=0, help="fine-tuning optimiser steps")
+    batch_size: int = option(8, ge=1)
+    lr: float = option(2e-3, gt=0)
+    warmup: int = option(20, ge=0)
+    lr_schedule: str = option("cosine", choices=("constant", "cosine"))
+    ddim_steps: int = option(8, ge=1, help="sampling steps (U-Net calls per sample)")
+    sample_batch: int = option(60, ge=1)
+
+    def __post_init__(self):
+        self.widths = tuple(self.widths)
+        self.attn_levels = tuple(self.attn_levels)
+        if len(self.attn_levels) != len(self.widths):
+            raise ConfigError(f"attn_levels has {len(self.attn_levels)} entries, widths {len(self.widths)}; "
+                              f"they must match")
+
+
+def backbone_of(cfg) -> dict:
+    """The backbone fields of a config (DHDiffConfig or DiffusionConfig) as a plain dict."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in BACKBONE_FIELDS for v in [getattr(cfg, k)]}
+
+
+def inherited(base: Mapping | None, where: str) -> dict:
+    """The INHERITED fields (and ``prior``) of the resolved ``generator_cfg.dhdiff`` ``base``."""
+    from generators.dhdiff.config import resolve
+
+    base = dict(base or {})
+    if base.get("scale", "tiny") != "tiny":
+        raise ConfigError(f"{where}.scale: the diffusion baselines run on the tiny backbone only, "
+                          f"generator_cfg.dhdiff.scale is {base['scale']!r}")
+    dh = resolve(base, "generator_cfg.dhdiff")
+    out = {k: getattr(dh, k) for k in INHERITED}
+    if getattr(dh, "prior", None) is not None:
+        out["prior"] = asdict(dh.prior)
+    return out
+
+
+# ---------------------------------------------------------------------------------- the prior
+
+
+def build_unet(backbone: Mapping, seed: int) -> UNet2DConditionModel:
+    """DH-Diff's tiny U-Net, every weight initialised from ``seed`` (torch's global RNG forked)."""
+    from generators.dhdiff.model import _tiny_unet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _tiny_unet(SimpleNamespace(**backbone), 3)
+
+
+def make_scheduler(backbone: Mapping) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=backbone["num_train_timesteps"], beta_schedule=backbone["beta_schedule"],
+                         prediction_type=backbone["prediction_type"])
+
+
+def ddim(scheduler: DDPMScheduler, steps: int) -> tuple[DDIMScheduler, torch.Tensor]:
+    """DDIM with DH-Diff's "trailing" spacing (the first step is t = T-1, pure noise)."""
+    s = DDIMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
+    s.set_timesteps(steps)
+    return s, s.timesteps
+
+
+def target(scheduler: DDPMScheduler, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, eps, t)
+    return x0 if kind == "sample" else eps
+
+
+def noise_loss(unet, scheduler, x0, text, gen: torch.Generator, weight: torch.Tensor | None = None,
+               attn_kwargs: dict | None = None) -> torch.Tensor:
+    """One diffusion training loss: random t and eps from ``gen``; ``weight`` [B, 1, H, W] weights pixels."""
+    b = x0.shape[0]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    pred = unet(scheduler.add_noise(x0, eps, t), t, encoder_hidden_states=text, cross_attention_kwargs=attn_kwargs).sample
+    err = (pred - target(scheduler, x0, eps, t)) ** 2
+    if weight is None:
+        return err.mean()
+    w = weight.expand_as(err)
+    return (err * w).sum() / w.sum().clamp_min(1e-8)
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
+    return ((x.clamp(-1, 1).permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
+def normal_crops(normals: list[np.ndarray], size: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` random ``size`` crops (1:1, random flips) of the normal images."""
+    out = []
+    for _ in range(n):
+        im = normals[rng.integers(len(normals))]
+        h, w = im.shape[:2]
+        s = min(size, h, w)
+        y0, x0 = int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1))
+        c = im[y0:y0 + s, x0:x0 + s]
+        if s != size:
+            import cv2
+            c = cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.5:
+            c = c[:, ::-1]
+        if rng.random() < 0.5:
+            c = c[::-1]
+        out.append(np.ascontiguousarray(c))
+    return out
+
+
+def optimise(params, loss_fn, steps: int, lr: float, warmup: int, schedule: str) -> list[float]:
+    """Adam on ``params`` for ``steps`` steps of ``loss_fn()`` (DH-Diff's lr schedule); loss history."""
+    from generators.dhdiff.generator import lr_factor
+
+    params = [p for p in params if p.requires_grad]
+    history: list[float] = []
+    if steps <= 0 or not params:
+        return history
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, steps, warmup, schedule))
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+@dataclass
+class Prior:
+    """A pretrained prior: U-Net, null tokens [n_tokens, text_dim], noise schedule."""
+
+    unet: UNet2DConditionModel
+    null: torch.Tensor
+    scheduler: DDPMScheduler
+    key: str
+    loss_history: list[float]
+    source: str          # "trained" | "disk"
+    path: Path | None = None
+
+
+def prior_key(backbone: Mapping, cfg: PriorConfig, normals: list[np.ndarray], seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"backbone": dict(backbone), "prior": asdict(cfg), "seed": int(seed), "v": PRIOR_VERSION},
+                        sort_keys=True, default=str).encode())
+    for n in normals:
+        h.update(str(n.shape).encode())
+        h.update(np.ascontiguousarray(n).tobytes())
+    return h.hexdigest()[:20]
+
+
+def prior_path(work_dir: str | Path | None, key: str) -> Path | None:
+    """Where the prior of ``key`` lives: beside the generators' work folders (see module docstring)."""
+    if work_dir is None:
+        return None
+    return Path(work_dir).resolve().parent / "diffusion_prior" / f"prior-{key}.pt"
+
+
+def train_prior(backbone: Mapping, cfg: PriorConfig, normals: list[np.ndarray], seed: int):
+    """Pretrain on normal crops; returns (unet, null tokens, loss history). Every init and draw from ``seed``."""
+    unet = build_unet(backbone, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        null = torch.nn.Parameter(torch.randn(cfg.n_tokens, backbone["text_dim"]))
+    scheduler = make_scheduler(backbone)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
+    unet.train()
+
+    def loss():
+        x0 = to_tensor(normal_crops(normals, backbone["patch_size"], cfg.batch_size, rng))
+        return noise_loss(unet, scheduler, x0, null[None].expand(len(x0), -1, -1), gen)
+
+    history = optimise(list(unet.parameters()) + [null], loss, cfg.steps, cfg.lr, cfg.warmup, cfg.lr_schedule)
+    unet.eval()
+    return unet, null.detach(), history
+
+
+def load_prior(backbone: Mapping, cfg: PriorConfig, data: FitData, seed: int) -> Prior:
+    """The prior for (backbone, cfg, normals, seed): read from its cache file, else trained (and saved).
+
+    Returns a fresh U-Net each call, so a caller may fine-tune it in place."""
+    normals = common.check_normals(data, "diffusion prior")
+    key = prior_key(backbone, cfg, normals, seed)
+    path = prior_path(data.work_dir, key)
+    scheduler = make_scheduler(backbone)
+    if path is None:
+        unet, null, hist = train_prior(backbone, cfg, normals, seed)
+        return Prior(unet, null, scheduler, key, hist, "trained")
+    from benchmark.store import file_lock
+
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+            if ck.get("key") == key:
+                unet = build_unet(backbone, seed)
+                unet.load_state_dict(ck["unet"])
+                unet.eval()
+                return Prior(unet, ck["null"], scheduler, key, list(ck["loss_history"]), "disk", path)
+        unet, null, hist = train_prior(backbone, cfg, normals, seed)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"key": key, "backbone": dict(backbone), "prior": asdict(cfg), "seed": int(seed),
+                    "unet": unet.state_dict(), "null": null, "loss_history": hist}, tmp)
+        os.replace(tmp, path)
+    return Prior(unet, null, scheduler, key, hist, "trained", path)
+
+
+# ---------------------------------------------------------------------------- the generators
+
+
+class PassProcessor(AttnProcessor2_0):
+    """Stock attention that accepts (and ignores) a generator's ``ctx`` keyword."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 ctx=None, **kwargs):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def set_processors(unet: UNet2DConditionModel, self_attn, cross_attn) -> dict[str, str]:
+    """Install ``self_attn(module)`` in every attn1 slot and ``cross_attn(module)`` in every attn2 slot."""
+    chosen = {}
+    for name, mod in unet.named_modules():
+        if isinstance(mod, Attention):
+            proc = (self_attn if name.endswith("attn1") else cross_attn)(mod)
+            mod.set_processor(proc)
+            chosen[name] = type(proc).__name__
+    return chosen
+
+
+def heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, h, c // h).transpose(1, 2)
+
+
+def merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
+def window_at(fg: np.ndarray | None, h: int, w: int, side: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left of a ``side`` window centred on a random foreground pixel (anywhere without one)."""
+    if fg is not None and fg.any():
+        ys, xs = np.nonzero(fg)
+        i = rng.integers(len(ys))
+        cy, cx = int(ys[i]), int(xs[i])
+    else:
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    return int(np.clip(cy - side // 2, 0, h - side)), int(np.clip(cx - side // 2, 0, w - side))
+
+
+class PriorGenerator(Generator):
+    """Base of the diffusion baselines: settings inherited from generator_cfg.dhdiff, the prior,
+    foreground estimates and counters. Subclasses set ``config_class`` (a DiffusionConfig)."""
+
+    config_class = DiffusionConfig
+    version = 1
+    # a handful of steps at a small width: enough for the registry contract tests
+    contract_settings = {"widths": [8, 16], "attn_levels": [True, True], "patch_size": 16, "text_dim": 16,
+                         "prior": {"steps": 2, "batch_size": 2}, "steps": 2, "batch_size": 2, "ddim_steps": 2,
+                         "sample_batch": 4}
+
+    @classmethod
+    def own_settings(cls, name: str, section: Mapping) -> dict:
+        own = dict(section.get(name) or {})
+        own.setdefault("base", dict(section.get("dhdiff") or {}))
+        return own
+
+    @classmethod
+    def resolve_config(cls, cfg: dict, where: str, variant: str | None = None):
+        """generator_cfg.dhdiff's INHERITED fields (``base``; quick YAML defaults) + own dict,
+        built and checked. Idempotent on its own output (which holds every field)."""
+        cfg = dict(cfg or {})
+        base = cfg.pop("base", None)
+        if base is not None and not isinstance(base, Mapping):
+            raise ConfigError(f"{where}.base: expected the generator_cfg.dhdiff mapping, got {base!r}")
+        return build(cls.config_class, {**inherited(base, f"{where}.base"), **cfg}, where)
+
+    def __init__(self, **cfg):
+        super().__init__(**cfg)
+        self.data: FitData | None = None
+        self.prior: Prior | None = None
+        self._fg: dict[int, np.ndarray] = {}
+        self._stats: dict = {}
+
+    def cache_token(self) -> dict:
+        return {"version": self.version, "prior_version": PRIOR_VERSION, "config": asdict(self.config)}
+
+    def stats(self) -> dict:
+        return dict(self._stats)
+
+    def _name(self) -> str:
+        return self.registry_name or type(self).__name__
+
+    def _fit_prior(self, data: FitData, rng: np.random.Generator) -> int:
+        """Load the shared prior; its seed is the first draw of ``rng`` (as DH-Diff's), so every
+        generator of one (seed, category) gets the same prior. Returns that seed."""
+        normals = common.check_normals(data, self._name())
+        side = min(min(n.shape[:2]) for n in normals)
+        if self.config.patch_size > side:
+            raise ValueError(f"{self._name()}: patch_size {self.config.patch_size} exceeds the images' side {side}")
+        seed = int(rng.integers(2**63))
+        self.data, self._fg, self._stats = data, {}, {}
+        self.prior = load_prior(backbone_of(self.config), self.config.prior, data, seed)
+        return seed
+
+    def _check_fitted(self) -> None:
+        if self.prior is None or self.data is None:
+            raise RuntimeError(f"{self._name()}: call fit(data) before generate()")
+
+    def _foreground(self, i: int) -> np.ndarray | None:
+        if not self.data.is_object:
+            return None
+        if i not in self._fg:
+            self._fg[i] = common.checked_foreground(common.foreground_fn(self.data), self.data.normals[i])
+        return self._fg[i]
+
+    def _context(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] learned tokens after the prior's (frozen) null tokens."""
+        null = self.prior.null.detach()
+        return torch.cat([null[None].expand(tokens.shape[0], -1, -1), tokens], dim=1)
+
+    def _defect_index(self, defect: str) -> int:
+        if defect not in self.defects:
+            raise ValueError(f"{self._name()}: no few-shot anomaly of defect type {defect!r} (have: {self.defects})")
+        return self.defects.index(defect)
+
+
+def resize_mask_tokens(mask: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, H, W] mask averaged onto an ``n``-token grid of an H x W input: [B, N]."""
+    H, W = size
+    s = (H * W / n) ** 0.5
+    return F.adaptive_avg_pool2d(mask, (round(H / s), round(W / s))).flatten(1)
+
+
+__all__ = ["PriorConfig", "DiffusionConfig", "Prior", "PriorGenerator", "BACKBONE_FIELDS", "INHERITED",
+           "backbone_of", "inherited", "build_unet", "load_prior", "prior_key", "prior_path", "train_prior",
+           "make_scheduler", "ddim", "noise_loss", "target", "optimise", "set_processors", "PassProcessor"]
