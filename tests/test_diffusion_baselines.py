@@ -1,0 +1,251 @@
+"""Issue 13: the diffusion baselines on DH-Diff's backbone and their shared prior.
+
+Each test names the property it guards: AnomalyDiffusion's backbone stays frozen and its
+background is the normal image; DualAnoDiff's branches meet only through shared self-attention;
+RealNet-SDAS at s = 0 samples the normal distribution and needs no anomaly; same seed, same pairs
+(torch's global RNG never matters); the prior is cached, shared (DH-Diff's opt-in included) and
+retrained when its config changes; the settings are inherited from generator_cfg.dhdiff."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from generators import FitData, Pair, create_generator, get_generator_class
+from generators import diffusion_prior as dp
+from generators.dhdiff.config import DHDiffConfig, resolve
+from generators.diffusion_prior import to_tensor, to_uint8
+
+SIZE = 48
+TINY = dict(widths=[8, 16], attn_levels=[True, True], patch_size=16, text_dim=16, heads=2,
+            prior={"steps": 4, "batch_size": 2}, steps=3, batch_size=2, lr=2e-3, ddim_steps=2, sample_batch=4)
+BASELINES = ("anomalydiffusion", "dualanodiff", "realnet_sdas")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def _toy(work_dir=None, seed=0, anomalies=True) -> FitData:
+    rng = np.random.default_rng(seed)
+    normals = [rng.integers(110, 140, (SIZE, SIZE, 3)).astype(np.uint8) for _ in range(4)]
+    pairs = []
+    for d, val in (("scratch", 20), ("stain", 230)):
+        for _ in range(2):
+            im = rng.integers(110, 140, (SIZE, SIZE, 3)).astype(np.uint8)
+            m = np.zeros((SIZE, SIZE), bool)
+            y, x = rng.integers(8, SIZE - 16, 2)
+            m[y:y + 6, x:x + 9] = True
+            im[m] = val
+            pairs.append(Pair(im, m, d))
+    return FitData("toy", normals, pairs if anomalies else [], ["scratch", "stain"], work_dir=work_dir, image_size=SIZE)
+
+
+def _fit(name, data, seed=0, **kw):
+    gen = create_generator(name, **{**TINY, **kw})
+    gen.fit(data, np.random.default_rng(seed))
+    return gen
+
+
+# ----------------------------------------------------------------------------- AnomalyDiffusion
+
+
+def test_anomalydiffusion_backbone_stays_frozen(tmp_path):
+    """After fit the U-Net is bit-identical to the cached prior; only the embeddings moved."""
+    gen = _fit("anomalydiffusion", _toy(tmp_path / "g"), steps=4)
+    saved = torch.load(gen.prior.path, weights_only=False)["unet"]
+    now = gen.unet.state_dict()
+    assert saved.keys() == now.keys()
+    assert all(torch.equal(saved[k], now[k]) for k in saved), "the frozen backbone changed during fit"
+    assert len(gen.loss_history) == 4
+    trainable = {id(p) for p in gen.emb.parameters()}
+    assert not any(id(p) in trainable for p in gen.unet.parameters())
+
+
+def test_anomalydiffusion_background_is_the_normal():
+    """The blend at every step leaves the known background exactly; pairs change nothing outside
+    the mask (edit_margin 0) and something inside it."""
+    gen = _fit("anomalydiffusion", _toy())
+    assert gen.edit_margin == 0
+    d, P = gen.defects.index("stain"), gen.config.patch_size
+    known = to_tensor([n[10:10 + P, 20:20 + P] for n in gen.data.normals[:3]])
+    m = torch.zeros(3, 1, P, P)
+    m[:, :, 4:11, 3:9] = 1
+    painted = to_uint8(gen.inpaint(known, m, d, torch.Generator().manual_seed(0)))
+    outside = ~m[:, 0].bool().numpy()
+    assert np.array_equal(painted[outside], to_uint8(known)[outside]), "inpainting changed the known background"
+    assert (painted[~outside] != to_uint8(known)[~outside]).any()
+    pairs = gen.generate(4, "stain", np.random.default_rng(1))
+    for p in pairs:
+        near = cv2.dilate(p.mask.astype(np.uint8), np.ones((2 * gen.edit_margin + 1,) * 2, np.uint8)).astype(bool)
+        assert p.mask.any() and np.array_equal(p.image[~near], gen.data.normals[p.source][~near])
+    assert any((p.image[p.mask] != gen.data.normals[p.source][p.mask]).any() for p in pairs)
+
+
+def test_anomalydiffusion_reweighting_pushes_anomaly_attention_into_the_mask():
+    """The re-weighting processor raises the anomaly tokens' attention inside the mask, not outside."""
+    from diffusers.models.attention_processor import Attention
+
+    from generators.anomalydiffusion import ReweightProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(8, cross_attention_dim=6, heads=2, dim_head=4).eval()
+    attn.set_processor(ReweightProcessor())
+    hs, text = torch.randn(1, 16, 8), torch.randn(1, 5, 6)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :2] = 1
+    ctx = {"mask": mask, "tokens": (2, 4), "strength": 2.0, "size": (4, 4)}
+    with torch.no_grad():
+        plain = attn(hs, encoder_hidden_states=text)
+        moved = attn(hs, encoder_hidden_states=text, ctx=ctx)
+        assert torch.allclose(attn(hs, encoder_hidden_states=text, ctx={**ctx, "strength": 0.0}), plain, atol=1e-6)
+    inside = mask.flatten().bool()
+    assert not torch.allclose(moved[0, inside], plain[0, inside], atol=1e-4)      # inside the mask: re-weighted
+    assert torch.allclose(moved[0, ~inside], plain[0, ~inside], atol=1e-6)        # outside: untouched
+
+
+# ----------------------------------------------------------------------------------- DualAnoDiff
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_dualanodiff_branches_share_self_attention(share):
+    """Changing only the part branch's input changes the whole branch's output iff attention is shared."""
+    gen = _fit("dualanodiff", _toy(), share_attention=share, steps=1)
+    g = torch.Generator().manual_seed(0)
+    whole, part, part2 = (torch.randn(2, 3, 16, 16, generator=g) for _ in range(3))
+    t, d = torch.tensor([700, 300, 700, 300]), torch.tensor([0, 1])
+    with torch.no_grad():
+        a = gen.forward(torch.cat([whole, part]), t, d)
+        b = gen.forward(torch.cat([whole, part2]), t, d)
+    assert torch.allclose(a[:2], b[:2], atol=1e-6) != share
+    assert not torch.allclose(a[2:], b[2:], atol=1e-6)          # the changed branch itself changes
+
+
+def test_dualanodiff_mask_is_segmented_from_the_part_branch():
+    gen = _fit("dualanodiff", _toy())
+    part = gen.key.expand(2, 3, 16, 16).clone()
+    part[0, :, 3:9, 4:12] = -0.9     # a dark defect on the chroma key
+    part[1, :, 8:14, 2:6] = 0.9      # a bright one
+    m = gen.segment(part)
+    for mk, (y0, y1, x0, x1) in zip(m, [(3, 9, 4, 12), (8, 14, 2, 6)]):
+        box = np.zeros((16, 16), bool)
+        box[y0:y1, x0:x1] = True
+        assert mk[y0 + 1:y1 - 1, x0 + 1:x1 - 1].all() and not (mk & ~box).any()   # blur may take a corner
+
+
+# ---------------------------------------------------------------------------------- RealNet-SDAS
+
+
+def _oracle(gen, mu: torch.Tensor, tau: float):
+    """The exact denoiser of normals ~ N(mu, tau^2) per pixel, in the U-Net's calling convention."""
+    sched = gen.prior.scheduler
+    kind = sched.config.prediction_type
+
+    class Out:
+        def __init__(self, sample):
+            self.sample = sample
+
+    def unet(z, t, encoder_hidden_states=None, **kw):
+        ab = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x0 = mu + (ab.sqrt() * tau ** 2 / (ab * tau ** 2 + 1 - ab)) * (z - ab.sqrt() * mu)
+        eps = (z - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return Out({"epsilon": eps, "sample": x0, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[kind])
+
+    return unet
+
+
+def test_realnet_sdas_strength_zero_samples_normals_and_needs_no_anomaly():
+    """Fits on normals only. Given the exact denoiser of normals ~ N(mu, tau^2) per pixel: s = 0 is
+    diffusers' own ancestral sampler (DDIM, eta 1), its pairs differ from their normal image no
+    more than two normals differ from each other; s = 1 spreads the samples further out."""
+    cls = get_generator_class("realnet_sdas")
+    assert not cls.needs_anomalies and not cls.needs_masks
+    rng = np.random.default_rng(0)
+    colour, tau = np.array([100, 130, 160]), 20.0
+    normals = [np.clip(colour + rng.normal(0, tau, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8) for _ in range(4)]
+    data = FitData("flat", normals, [], ["synthetic"], image_size=SIZE)
+    mu = torch.tensor(colour / 127.5 - 1, dtype=torch.float32).view(1, 3, 1, 1)
+    between_normals = np.abs(normals[0].astype(float) - normals[1]).mean()
+    change, spread = {}, {}
+    for s in (0.0, 1.0):
+        gen = _fit("realnet_sdas", data, strength=[s, s], blend=[1, 1], ddim_steps=8, sample_batch=16)
+        gen.unet = _oracle(gen, mu, tau / 127.5)
+        a = gen.sdas(np.full(16, s), torch.Generator().manual_seed(0))
+        spread[s] = np.abs(to_uint8(a).astype(float) - colour).mean()
+        if s == 0:      # the plain ancestral sampler, step for step
+            sched, ts = dp.ddim(gen.prior.scheduler, 8)
+            g = torch.Generator().manual_seed(0)
+            z = torch.randn(16, 3, 16, 16, generator=g)
+            for t in ts:
+                z = sched.step(gen.unet(z, t.expand(16)).sample, t, z, eta=1.0, generator=g).prev_sample
+            assert torch.allclose(a, z.clamp(-1, 1), atol=1e-6)
+        pairs = gen.generate(16, "synthetic", np.random.default_rng(1))
+        change[s] = np.mean([np.abs(p.image.astype(int) - normals[p.source].astype(int))[p.mask].mean() for p in pairs])
+    assert change[0.0] < between_normals                   # s = 0: normal-looking
+    assert spread[1.0] > 1.3 * spread[0.0] and change[1.0] > change[0.0]
+
+
+# ------------------------------------------------------------------------------- seeds and cache
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_same_seed_same_pairs(name):
+    """Same fit/generate rngs -> identical pairs, whatever torch's global RNG; another rng differs."""
+    data = _toy()
+
+    def run(gen_seed, global_seed):
+        torch.manual_seed(global_seed)
+        return _fit(name, data, seed=3).generate(3, "scratch", np.random.default_rng(gen_seed))
+
+    a, b, c = run(4, 0), run(4, 12345), run(5, 0)
+    for p, q in zip(a, b):
+        assert np.array_equal(p.image, q.image) and np.array_equal(p.mask, q.mask) and p.source == q.source
+    assert not all(np.array_equal(p.image, q.image) for p, q in zip(a, c))
+
+
+def test_prior_is_cached_shared_and_retrained_on_a_config_change(tmp_path, monkeypatch):
+    data = _toy(tmp_path / "anomalydiffusion-x")
+    first = _fit("anomalydiffusion", data)
+    assert first.prior.source == "trained" and first.prior.path.exists()
+    calls = []
+    real = dp.train_prior
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(dp, "train_prior", counting)
+    # another generator, its own work_dir beside the first: loads the same prior, trains nothing
+    other = FitData(**{**data.__dict__, "work_dir": tmp_path / "realnet_sdas-y"})
+    second = _fit("realnet_sdas", other)
+    assert not calls and second.prior.source == "disk" and second.prior.key == first.prior.key
+    # DH-Diff's opt-in prior: the same file, and its U-Net starts from it
+    dh = create_generator("dhdiff", **{**TINY, "steps": 0})
+    dh.fit(FitData(**{**data.__dict__, "work_dir": tmp_path / "dhdiff-z"}), np.random.default_rng(0))
+    assert not calls and dh.prior_source == "disk"
+    state = torch.load(first.prior.path, weights_only=False)["unet"]
+    dh_state = dh.model.unet.state_dict()
+    assert all(torch.equal(state[k], dh_state[k]) for k in state)
+    # a prior setting changes: trained again, another file
+    third = _fit("anomalydiffusion", data, prior={"steps": 5, "batch_size": 2})
+    assert len(calls) == 1 and third.prior.source == "trained" and third.prior.key != first.prior.key
+    # a different seed: another prior
+    assert _fit("anomalydiffusion", data, seed=1).prior.key != first.prior.key
+
+
+def test_settings_come_from_generator_cfg_dhdiff():
+    """One place: the baselines inherit backbone, prior and budget from generator_cfg.dhdiff, and
+    DH-Diff without ``prior`` keeps exactly its old config (fields, hence every cache key)."""
+    section = {"dhdiff": {"prior": {"steps": 7}, "steps": 11, "ddim_steps": 3, "widths": [8, 16],
+                          "attn_levels": [True, True]}}
+    for name in BASELINES + ("dhdiff",):
+        cls = get_generator_class(name)
+        cfg = cls.resolve_config(cls.own_settings(name, section), f"generator_cfg.{name}")
+        assert (cfg.prior.steps, cfg.steps, cfg.ddim_steps, tuple(cfg.widths)) == (7, 11, 3, (8, 16)), name
+    plain = resolve({})
+    assert type(plain) is DHDiffConfig and "prior" not in asdict(plain)
+    assert "prior" not in asdict(create_generator("dhdiff").config)
