@@ -101,7 +101,8 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
             raise ValueError(f"generator {cfg.generator!r} made no pairs for {cfg.dataset}/{cfg.category}: "
                              f"a detector trained on none would not measure it")
         log(progress, f"training detector {cfg.detector}")
-        ctx = DetectorContext(category=cfg.category, device=cfg.device, seed=cfg.seed,
+        det_seed = cfg.seed if cfg.detector_seed is None else cfg.detector_seed
+        ctx = DetectorContext(category=cfg.category, device=cfg.device, seed=det_seed,
                               image_size=cfg.image_size,
                               work_dir=Path(cache_dir) / "work" / f"det-{cfg.hash()}")
         detector.fit(normals, pairs if detector.uses_pairs else [], ctx)

@@ -76,6 +76,10 @@ class CellConfig:
     device: str = "cpu"            # recorded, not hashed: a GPU rerun does not redo CPU cells
     threads: int = 0               # torch CPU threads (0: torch's default); recorded, not hashed.
                                    # Bit-identical records need the same device and thread count.
+    detector_seed: int | None = None  # None: the detector draws from ``seed`` like everything else.
+                                      # Set only by the stability study's variance decomposition
+                                      # (vary the detector's init and batch order alone); hashed
+                                      # only when set, so ordinary records keep their names.
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,6 +94,8 @@ class CellConfig:
         d = self.to_dict()
         d.pop("device")
         d.pop("threads")
+        if d.get("detector_seed") is None:
+            d.pop("detector_seed", None)
         return digest(d)
 
     @property

@@ -25,3 +25,17 @@ def test_summarise_sample_std_and_verdict():
                          {"category": "wood", "generator": "crop_paste", **missing}], 5)
     assert "| wood | cutpaste | 5 | 82.0 ± 1.6 | 92.2 ± 1.9 | 10 | PASS |" in text
     assert "incomplete (4/5)" in text
+
+
+def test_vary_detector_or_data_splits_the_seed():
+    from benchmark.config import CellConfig, ConfigError
+    from benchmark.studies.stability import study_cells
+
+    cells = [CellConfig("synthetic", "wood", "cutpaste", "unet", seed=s) for s in (3, 4, 5)]
+    det = study_cells(cells, "detector", [3, 4, 5])
+    assert [(s, c.seed, c.detector_seed) for s, c in det] == [(3, 3, None), (4, 3, 4), (5, 3, 5)]
+    data = study_cells(cells, "data", [3, 4, 5])
+    assert [(s, c.seed, c.detector_seed) for s, c in data] == [(3, 3, None), (4, 4, 3), (5, 5, 3)]
+    assert [c for _, c in study_cells(cells, "all", [3, 4, 5])] == cells
+    with pytest.raises(ConfigError, match="--vary"):
+        study_cells(cells, "pairs", [3, 4, 5])

@@ -13,10 +13,17 @@ torch thread, so a 16-core machine does the 50 cells in minutes; every worker wr
 record through ``benchmark.store.write_record`` as soon as its cell ends.
 
     python -m benchmark.studies.stability --jobs 2 --categories granite,wood --generators cutpaste
+
+Where the spread comes from (``--vary``): ``all`` (default) changes the seed of everything; ``detector``
+keeps the split and the pairs of the first seed and changes only the detector's seed (weight init,
+batch order, crops); ``data`` changes the split and the pairs and keeps the first seed's detector
+seed. A spread that stays under ``--vary data`` cannot be removed by a detector recipe. These runs
+are stored as ``<run>-detector`` / ``<run>-data`` (cells carry ``detector_seed``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,6 +37,25 @@ from benchmark.runner import execute, plan
 GENERATORS = ("cutpaste", "crop_paste")
 SEEDS = (0, 1, 2, 3, 4)
 LIMITS = {"image_auroc": 2.0, "pixel_auroc": 3.0}   # max std over seeds, AUROC points (issue 9)
+VARY = ("all", "detector", "data")
+
+
+def study_cells(cells: list[CellConfig], vary: str, seeds: list[int]) -> list[tuple[int, CellConfig]]:
+    """(varied seed, cell) for each planned cell. ``detector``: split and pairs from seeds[0], the
+    detector from the cell's seed; ``data``: split and pairs from the cell's seed, the detector from
+    seeds[0]. The seeds[0] cell is the ordinary one in every mode (its record is shared)."""
+    if vary not in VARY:
+        raise ConfigError(f"--vary: expected one of {', '.join(VARY)}, got {vary!r}")
+    base = seeds[0]
+    out = []
+    for c in cells:
+        if vary == "all" or c.seed == base:
+            out.append((c.seed, c))
+        elif vary == "detector":
+            out.append((c.seed, dataclasses.replace(c, seed=base, detector_seed=c.seed)))
+        else:
+            out.append((c.seed, dataclasses.replace(c, detector_seed=base)))
+    return out
 
 
 def study_config(categories: str | None = None, generators: str | None = None, seeds: str | None = None,
@@ -56,16 +82,19 @@ def _run_one(cell: dict, cache_dir: str, run_dir: str) -> tuple[str, str, float]
         rec.get("timings", {}).get("total", float("nan"))
 
 
-def run_study(cfg: RunConfig, jobs: int = 1) -> None:
-    """Run the missing cells: jobs == 1 through ``runner.execute``, jobs > 1 in a process pool."""
+def run_study(cfg: RunConfig, jobs: int = 1, vary: str = "all") -> None:
+    """Run the missing cells: jobs == 1 through ``runner.execute``, jobs > 1 (or any ``vary`` other
+    than ``all``, whose cells the runner does not plan) in a process pool."""
     if jobs <= 0:
         return
-    if jobs == 1:
+    if jobs == 1 and vary == "all":
         execute(cfg)
         return
     p = plan(cfg)
-    print(f"run {cfg.run}: {len(p.cells)} cells, {len(p.todo)} to run in {jobs} processes", file=sys.stderr)
-    if not p.todo:
+    done = {r.get("hash") for r in store.load_records(cfg.run_dir) if r.get("status") == "ok"}
+    todo = [c for _, c in study_cells(p.cells, vary, cfg.seeds) if c.hash() not in done]
+    print(f"run {cfg.run}: {len(p.cells)} cells, {len(todo)} to run in {jobs} processes", file=sys.stderr)
+    if not todo:
         return
     from benchmark.datasets import create_dataset
 
@@ -74,22 +103,22 @@ def run_study(cfg: RunConfig, jobs: int = 1) -> None:
         if hasattr(adapter, "ensure"):
             adapter.ensure()
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(_run_one, c.to_dict(), cfg.cache_dir, str(cfg.run_dir)) for c in p.todo]
+        futs = [pool.submit(_run_one, c.to_dict(), cfg.cache_dir, str(cfg.run_dir)) for c in todo]
         for i, f in enumerate(as_completed(futs), 1):
             label, status, secs = f.result()
             print(f"[{i}/{len(futs)}] {label}: {status} ({secs:.1f} s)", file=sys.stderr)
 
 
-def table(cfg: RunConfig) -> tuple[list[dict], bool]:
+def table(cfg: RunConfig, vary: str = "all") -> tuple[list[dict], bool]:
     """Rows (category, generator, n, mean/std per metric, pass) from the records of this grid."""
     p = plan(cfg)
-    want = {c.hash(): c for c in p.cells}
+    want = {c.hash(): (s, c) for s, c in study_cells(p.cells, vary, cfg.seeds)}
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for rec in store.load_records(cfg.run_dir):
-        c = want.get(rec.get("hash"))
+        s, c = want.get(rec.get("hash"), (None, None))
         if c is None or rec.get("status") != "ok":
             continue
-        groups.setdefault((c.category, c.generator), {})[c.seed] = rec
+        groups.setdefault((c.category, c.generator), {})[s] = rec
     rows = []
     cats = list(dict.fromkeys(c.category for c in p.cells))
     for cat in cats:
@@ -139,17 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. detector_cfg.unet.steps=300")
     ap.add_argument("--values", action="store_true", help="also print each seed's values")
+    ap.add_argument("--vary", default="all", choices=VARY,
+                    help="which randomness the seeds change: all, only the detector's, only the data's")
     a = ap.parse_args(argv)
     if a.jobs < 0:
         ap.error(f"--jobs must be >= 0, got {a.jobs}")
     try:
-        cfg = study_config(a.categories, a.generators, a.seeds, a.results_dir, a.device, a.run, a.set)
-        run_study(cfg, a.jobs)
-        rows, ok = table(cfg)
+        run = a.run if a.vary == "all" else f"{a.run}-{a.vary}"
+        cfg = study_config(a.categories, a.generators, a.seeds, a.results_dir, a.device, run, a.set)
+        run_study(cfg, a.jobs, a.vary)
+        rows, ok = table(cfg, a.vary)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"Stability of the quick preset over seeds {','.join(map(str, cfg.seeds))} "
+    what = {"all": "everything", "detector": f"only the detector (split and pairs of seed {cfg.seeds[0]})",
+            "data": f"only the split and pairs (detector seed {cfg.seeds[0]})"}[a.vary]
+    print(f"Stability of the quick preset over seeds {','.join(map(str, cfg.seeds))}, varying {what} "
           f"(std = sample std over seeds, AUROC points; one torch thread per cell)")
     print(format_table(rows, len(cfg.seeds)))
     if a.values:
