@@ -189,7 +189,7 @@ def mask_image_agreement(images: Any, sources: Any, masks: Any, margin: int = 8)
     construction; compare it on the values, not on the absolute level. Pairs whose mask is
     empty or fills the neighbourhood are skipped; None when no pair is left.
     """
-    from sklearn.metrics import roc_auc_score
+    from .metrics import auroc  # exact, equal to sklearn's roc_auc_score, without its input checks
 
     ims, srcs, ms = _stack(images, "images"), _stack(sources, "sources"), _stack(masks, "masks")
     if not len(ims) == len(srcs) == len(ms):
@@ -202,7 +202,7 @@ def mask_image_agreement(images: Any, sources: Any, masks: Any, margin: int = 8)
         hood = _dilate(m, margin)
         if not m.any() or m[hood].all():
             continue
-        values.append(float(roc_auc_score(m[hood], change_map(im, src)[hood])))
+        values.append(float(auroc(m[hood], change_map(im, src)[hood])))
     return float(np.mean(values)) if values else None
 
 
@@ -239,24 +239,28 @@ def copy_distance(generated: Sequence[Any], references: Sequence[Any], size: int
                         if _field(p, "mask") is not None) if c is not None]
     if not refs:
         return {"copy_dist_mean": None, "copy_share": None}
+    # all references and the 8 orientations at once: [8, refs, size, size] (one shape per channel count)
+    by_ch: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for ch in {ri.shape[-1] for ri, _ in refs}:
+        keep = [(ri, rm) for ri, rm in refs if ri.shape[-1] == ch]
+        by_ch[ch] = np.stack([ri for ri, _ in keep])[None], np.stack([rm for _, rm in keep])[None]
     dists = []
     for p in generated:
         g = _defect_crop(_field(p, "image"), _field(p, "mask"), size)
-        if g is None:
+        if g is None or g[0].shape[-1] not in by_ch:
             continue
-        best = math.inf
-        for k in range(8):
-            gi, gm = np.rot90(g[0], k % 4), np.rot90(g[1], k % 4)
-            if k >= 4:
-                gi, gm = gi[:, ::-1], gm[:, ::-1]
-            for ri, rm in refs:
-                if ri.shape[-1] != gi.shape[-1]:
-                    continue
-                union = np.maximum(gm, rm) > 0.25
-                if union.any():
-                    best = min(best, float(np.abs(gi - ri).mean(axis=-1)[union].mean()))
-        if math.isfinite(best):
-            dists.append(best)
+        ri, rm = by_ch[g[0].shape[-1]]
+        turns = [(np.rot90(g[0], k % 4), np.rot90(g[1], k % 4)) for k in range(8)]
+        turns = [(gi[:, ::-1], gm[:, ::-1]) if k >= 4 else (gi, gm) for k, (gi, gm) in enumerate(turns)]
+        gi = np.stack([t[0] for t in turns])[:, None]
+        gm = np.stack([t[1] for t in turns])[:, None]
+        union = np.maximum(gm, rm) > 0.25                       # [8, refs, size, size]
+        diff = np.abs(gi - ri).mean(axis=-1)
+        n = union.sum(axis=(2, 3))
+        if not n.any():
+            continue
+        d = (diff * union).sum(axis=(2, 3), dtype=np.float64) / np.maximum(n, 1)
+        dists.append(float(d[n > 0].min()))
     if not dists:
         return {"copy_dist_mean": None, "copy_share": None}
     d = np.array(dists)
