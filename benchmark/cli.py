@@ -39,6 +39,7 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="comma-separated seeds")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--threads", help="torch CPU threads per cell (default: torch's choice)")
+    p.add_argument("--jobs", help="cells run at once in separate processes (local executor)")
     p.add_argument("--run", dest="run_name", help="run name (folder under results/runs)")
     p.add_argument("--results-dir", help="where runs are stored (default results/runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
 def _overrides(a: argparse.Namespace) -> dict:
     return {"datasets": a.dataset, "data_root": a.data_root, "categories": a.categories,
             "generators": a.generators, "detectors": a.detectors, "seeds": a.seeds, "device": a.device,
-            "threads": a.threads, "run": a.run_name, "results_dir": a.results_dir,
+            "threads": a.threads, "jobs": getattr(a, "jobs", None), "run": a.run_name, "results_dir": a.results_dir,
             "executor": "ray" if getattr(a, "address", None) else getattr(a, "executor", None),
             "ray": {"address": a.address} if getattr(a, "address", None) else None}
 

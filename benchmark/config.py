@@ -132,6 +132,8 @@ class RunConfig:
     device: str = "cpu"
     threads: int = option(0, ge=0, help="torch CPU threads per cell (0: torch's default)")
     executor: str = option("local", choices=("local", "ray"))
+    jobs: int = option(1, ge=1, help="local executor: cells run at once, each in its own process "
+                       "with `threads` torch threads (1: one after another, in this process)")
     ray: RayConfig = field(default_factory=RayConfig)
     results_dir: str = "results/runs"
     cache_dir: str = "results/cache"
@@ -203,7 +205,7 @@ class RunConfig:
 
 # Fields that say where and how a run executes, not what it measures: never part of the
 # experiment's identity (see benchmark.runs).
-EXECUTION_FIELDS = ("run", "device", "threads", "executor", "ray", "results_dir", "cache_dir", "preset")
+EXECUTION_FIELDS = ("run", "device", "threads", "jobs", "executor", "ray", "results_dir", "cache_dir", "preset")
 GRID_FIELDS = ("datasets", "categories", "generators", "detectors", "seeds")
 
 

@@ -1,7 +1,9 @@
 """Plan the grid of cells and run it, resumably, with a local or a Ray executor."""
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,9 +151,56 @@ def _progress(console: Console) -> Progress:
                     TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
 
 
+def _pool_cell(cell: dict, cache_dir: str, run_dir: str, threads: int) -> dict | None:
+    """One cell in a worker process: claim it, run it with ``threads`` torch threads, write its
+    record (None: another process had recorded it meanwhile)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    c = CellConfig.from_dict(cell)
+    with store.cell_lock(run_dir, c.hash()):
+        if store.is_done(run_dir, c.hash()):
+            return None
+        rec = run_cell(c, cache_dir)
+        store.write_record(run_dir, rec)
+    return rec
+
+
+def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: int) -> list[dict]:
+    """``jobs`` cells at once, each in its own (spawned) process with ``cfg.threads`` torch threads
+    (default: the CPUs shared out). Small convolutions use 2 threads poorly, so on 2 cores two
+    1-thread cells finish sooner than two 2-thread cells in a row; a record is the same as a
+    sequential run's with the same thread count. Records are written as soon as a cell ends."""
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
+    for ds in dict.fromkeys(c.dataset for c in cells):   # build data trees once, before workers race
+        adapter = create_dataset(ds, cfg.root_of(ds), **cfg.dataset_cfg.get(ds, {}))
+        if hasattr(adapter, "ensure"):
+            adapter.ensure()
+    out = []
+    with _progress(console) as prog, ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        task = prog.add_task(f"cells ({jobs} processes)", total=len(cells), status="")
+        futs = {pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads): c for c in cells}
+        for f in as_completed(futs):
+            c = futs[f]
+            try:
+                rec = f.result()
+            except Exception as e:  # the worker process itself died: record it like any failure
+                rec = {"hash": c.hash(), "config": c.to_dict(), "status": "failed",
+                       "error": f"{type(e).__name__}: {e}", "traceback": repr(e)}
+                store.write_record(cfg.run_dir, rec)
+            if rec is not None:
+                _report_failure(console, rec)
+                out.append(rec)
+            prog.update(task, advance=1, status=f"done: {c.label}")
+    return out
+
+
 def run_local(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[dict]:
-    """Cells one after another. Each cell is claimed with a lock first: a second process on the
-    same run folder waits for it and then reads its record instead of computing it again."""
+    """Cells one after another (or ``cfg.jobs`` at once, see ``run_pool``). Each cell is claimed
+    with a lock first: a second process on the same run folder waits for it and then reads its
+    record instead of computing it again."""
+    if cfg.jobs > 1 and len(cells) > 1:
+        return run_pool(cfg, cells, console, min(cfg.jobs, len(cells)))
     out = []
     with _progress(console) as prog:
         task = prog.add_task("cells", total=len(cells), status="")
@@ -257,7 +306,8 @@ def execute(cfg: RunConfig, console: Console | None = None) -> tuple[Plan, list[
     for path, why in p.rejected:
         console.print(f"[yellow]bad record moved aside, its cell runs again:[/yellow] {path}: {why}")
     console.print(f"run [bold]{cfg.run}[/bold]: {len(p.cells)} cells, {len(p.cells) - len(p.todo)} already "
-                  f"recorded, {len(p.todo)} to run ({cfg.executor} executor)")
+                  f"recorded, {len(p.todo)} to run ({cfg.executor} executor"
+                  f"{f', {cfg.jobs} jobs' if cfg.executor == 'local' and cfg.jobs > 1 else ''})")
     if not p.todo:
         return p, []
     runner = run_ray if cfg.executor == "ray" else run_local

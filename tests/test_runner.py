@@ -64,6 +64,21 @@ def test_same_seed_same_record_metrics(tmp_path, data_root):
     assert c2["quality"] == a["quality"]  # sources survive the cache
 
 
+def test_jobs_run_cells_in_processes_with_the_same_records(tmp_path, data_root):
+    """``jobs: 2`` runs cells in two spawned processes; with the same thread count each record's
+    numbers equal the sequential run's, and the run resumes like any other."""
+    seq = _cfg(tmp_path, data_root, seeds="0,1", threads=1, run="seq")
+    par = _cfg(tmp_path, data_root, seeds="0,1", threads=1, run="par", jobs=2)
+    _, a = execute(seq)
+    _, b = execute(par)
+    assert len(a) == len(b) == 4 and all(r["status"] == "ok" for r in a + b)
+    by = {r["hash"]: r for r in a}
+    for r in b:
+        assert r["threads"] == 1 and r["metrics"] == by[r["hash"]]["metrics"]
+        assert r["eval"]["score"] == by[r["hash"]]["eval"]["score"]
+    assert len(store.load_records(par.run_dir)) == 4 and execute(par)[0].todo == []
+
+
 def test_failed_cell_is_recorded_and_others_finish(tmp_path, data_root):
     # an unreadable image in one category fails that cell only, naming the file
     bad = data_root / "carpet" / "train" / "good" / "000.png"

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing as mp
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
+from rich.console import Console
 
 from benchmark import store
 from benchmark.config import CellConfig, ConfigError, RunConfig, build_config
-from benchmark.runner import execute, plan
+from benchmark.runner import execute, plan, run_pool
 
 GENERATORS = ("cutpaste", "crop_paste")
 SEEDS = (0, 1, 2, 3, 4)
@@ -68,20 +67,6 @@ def study_config(categories: str | None = None, generators: str | None = None, s
     return build_config("quick", overrides=over, sets=sets)
 
 
-def _run_one(cell: dict, cache_dir: str, run_dir: str) -> tuple[str, str, float]:
-    """One cell in a worker process: run it, write its record, return (label, status, seconds)."""
-    import torch
-
-    from benchmark.cell import run_cell
-
-    torch.set_num_threads(1)
-    c = CellConfig.from_dict(cell)
-    rec = run_cell(c, cache_dir)
-    store.write_record(run_dir, rec)
-    return c.label, rec["status"] + (f": {rec.get('error')}" if rec["status"] != "ok" else ""), \
-        rec.get("timings", {}).get("total", float("nan"))
-
-
 def run_study(cfg: RunConfig, jobs: int = 1, vary: str = "all") -> None:
     """Run the missing cells: jobs == 1 through ``runner.execute``, jobs > 1 (or any ``vary`` other
     than ``all``, whose cells the runner does not plan) in a process pool."""
@@ -94,19 +79,8 @@ def run_study(cfg: RunConfig, jobs: int = 1, vary: str = "all") -> None:
     done = {r.get("hash") for r in store.load_records(cfg.run_dir) if r.get("status") == "ok"}
     todo = [c for _, c in study_cells(p.cells, vary, cfg.seeds) if c.hash() not in done]
     print(f"run {cfg.run}: {len(p.cells)} cells, {len(todo)} to run in {jobs} processes", file=sys.stderr)
-    if not todo:
-        return
-    from benchmark.datasets import create_dataset
-
-    for ds in cfg.datasets:   # write the data tree once, before the workers race for it
-        adapter = create_dataset(ds, cfg.root_of(ds), **cfg.dataset_cfg.get(ds, {}))
-        if hasattr(adapter, "ensure"):
-            adapter.ensure()
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(_run_one, c.to_dict(), cfg.cache_dir, str(cfg.run_dir)) for c in todo]
-        for i, f in enumerate(as_completed(futs), 1):
-            label, status, secs = f.result()
-            print(f"[{i}/{len(futs)}] {label}: {status} ({secs:.1f} s)", file=sys.stderr)
+    if todo:
+        run_pool(cfg, todo, Console(stderr=True), jobs)
 
 
 def table(cfg: RunConfig, vary: str = "all") -> tuple[list[dict], bool]:
