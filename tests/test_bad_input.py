@@ -158,7 +158,7 @@ def test_zero_pairs_never_makes_a_column(tmp_path, data_root, capsys):
 
 def _cfg(tmp_path, data_root, **over):
     over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
-            "run": "t", "generators": "cutpaste", "categories": "bottle,carpet", "seeds": "0", **over}
+            "run": "t", "generators": "cutpaste", "categories": "bottle,carpet", "seeds": "0", "jobs": 1, **over}
     cfg = build_config("quick", None, over, TINY)
     cfg.cache_dir = str(tmp_path / "cache")
     return cfg
@@ -300,7 +300,7 @@ def _run_in_process(args: list[str], q) -> None:
     torch.set_num_threads(1)
     from benchmark.runner import execute as _execute
 
-    cfg = build_config("quick", None, args[0], args[1])
+    cfg = build_config("quick", None, {**args[0], "jobs": 1}, args[1])
     cfg.cache_dir = args[2]
     _, recs = _execute(cfg)
     q.put([(r["hash"], r["status"]) for r in recs])

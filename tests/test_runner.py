@@ -21,7 +21,7 @@ def data_root(tmp_path):
 
 def _cfg(tmp_path, data_root, **over):
     over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
-            "run": "t", "generators": "cutpaste", "seeds": "0", **over}
+            "run": "t", "generators": "cutpaste", "seeds": "0", "jobs": 1, **over}
     cfg = build_config("quick", None, over, TINY)
     cfg.cache_dir = str(tmp_path / "cache")
     return cfg
@@ -94,7 +94,7 @@ def test_failed_cell_is_recorded_and_others_finish(tmp_path, data_root):
 
 def test_cli_writes_tables_and_reports(tmp_path, data_root, capsys):
     args = ["--dataset", "mvtec_ad", "--data-root", str(data_root), "--results-dir", str(tmp_path / "runs"),
-            "--run", "cli", "--generators", "cutpaste,none"] + sum((["--set", s] for s in TINY), []) + \
+            "--run", "cli", "--generators", "cutpaste,none", "--jobs", "1"] + sum((["--set", s] for s in TINY), []) + \
            ["--set", f"cache_dir={tmp_path / 'cache'}"]
     assert main(args) == 0
     out = capsys.readouterr().out
