@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,11 +64,16 @@ from .diffusion_prior import (
 
 @dataclass
 class DualAnoDiffConfig(DiffusionConfig):
-    rank: int = option(4, ge=1, help="LoRA rank on every attention projection")
+    rank: int = option(4, ge=1, help="LoRA rank on every attention projection (and conv, with lora_conv)")
+    lora_conv: bool = option(False, help="LoRA also on every conv layer of the U-Net (resnets, samplers, in/out)")
+    lr_scale: float = option(1.0, gt=0, help="LoRA/token lr = lr_scale x the shared lr (the step count stays shared)")
     n_tokens: int = option(2, ge=1, help="learned prompt tokens per defect type and branch")
     share_attention: bool = option(True, help="branches share self-attention (DualAnoDiff); false: ablation")
     part_background: tuple[int, int, int] = option((0, 255, 0), ge=0, le=255,
                                                    help="RGB of the anomaly-part branch's background (chroma key)")
+    part_edge: float = option(0.0, ge=0, help="soft edge of the part target: the mask blurred by this sigma (px)")
+    mask_mode: str = option("threshold", choices=("threshold", "otsu"),
+                            help="segment the distance map at mask_threshold, or at its per-sample Otsu level")
     mask_threshold: float = option(0.35, gt=0, lt=1, help="distance to part_background, fraction of the largest")
     mask_sigma: float = option(0.6, ge=0)
     min_blob: int = option(4, ge=0)
@@ -100,9 +106,33 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.up(self.down(x))
 
 
-def add_lora(unet, rank: int) -> list[nn.Parameter]:
-    """LoRA adapters on q, k, v and out of every attention layer; returns their parameters."""
+class LoRAConv2d(nn.Module):
+    """``base(x) + up(down(x))`` for a conv: ``down`` has the base's kernel and stride, ``up`` is
+    1x1 and zero-initialised (starts as the prior); base frozen."""
+
+    def __init__(self, base: nn.Conv2d, rank: int):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False)
+        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def add_lora(unet, rank: int, conv: bool = False) -> list[nn.Parameter]:
+    """LoRA adapters on q, k, v and out of every attention layer (and, with ``conv``, on every
+    Conv2d); returns their parameters."""
     params = []
+    if conv:
+        convs = [(parent, name, child) for parent in unet.modules() for name, child in parent.named_children()
+                 if isinstance(child, nn.Conv2d)]
+        for parent, name, child in convs:
+            lora = LoRAConv2d(child, rank)
+            setattr(parent, name, lora)
+            params += [lora.down.weight, lora.up.weight]
     for mod in [m for m in unet.modules() if isinstance(m, Attention)]:
         for name in ("to_q", "to_k", "to_v"):
             lora = LoRALinear(getattr(mod, name), rank)
@@ -134,6 +164,20 @@ class BranchAttention(PassProcessor):
         return finish(attn, merge(out), hidden_states)
 
 
+def otsu(a: np.ndarray, bins: int = 256) -> float:
+    """Otsu's level of a map (between-class variance maximised over ``bins`` levels of its range)."""
+    lo, hi = float(a.min()), float(a.max())
+    if hi - lo < 1e-8:
+        return hi
+    hist, edges = np.histogram(a, bins, (lo, hi))
+    p = hist / hist.sum()
+    w = np.cumsum(p)
+    mu = np.cumsum(p * edges[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w - mu) ** 2 / (w * (1 - w))
+    return float(edges[1 + int(np.nanargmax(between[:-1]))])
+
+
 @register_generator("dualanodiff")
 class DualAnoDiff(PriorGenerator):
     config_class = DualAnoDiffConfig
@@ -157,7 +201,7 @@ class DualAnoDiff(PriorGenerator):
         self.defects = sorted({a.defect_type for a in data.anomalies})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
-            lora = add_lora(self.unet, c.rank)
+            lora = add_lora(self.unet, c.rank, c.lora_conv)
             start = self.prior.null.mean(0)
             self.tokens = nn.Parameter(start + 0.1 * torch.randn(2, len(self.defects), c.n_tokens, c.text_dim))
         set_processors(self.unet, lambda m: BranchAttention(c.share_attention), lambda m: PassProcessor())
@@ -176,12 +220,19 @@ class DualAnoDiff(PriorGenerator):
             return F.mse_loss(pred, torch.cat([target(sched, x, ew, t), target(sched, part, ep, t)]))
 
         self.unet.train()
-        self.loss_history = optimise(lora + [self.tokens], loss, c.steps, c.lr, c.warmup, c.lr_schedule)
+        self.loss_history = optimise(lora + [self.tokens], loss, c.steps, c.lr * c.lr_scale, c.warmup, c.lr_schedule)
         self.unet.eval()
         self._stats = {"samples": 0, "retries": 0, "topk_fallbacks": 0, "pieces_dropped": 0, "paste_without_fg": 0}
 
     def part(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """The anomaly part alone: the image inside the mask, the chroma key elsewhere."""
+        """The anomaly part alone: the image inside the mask (its edge softened by ``part_edge``),
+        the key colour elsewhere."""
+        s = self.config.part_edge
+        if s > 0:      # separable Gaussian, zero outside the crop
+            r = max(1, math.ceil(3 * s))
+            g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * s * s))
+            g = g / g.sum()
+            m = F.conv2d(F.conv2d(m, g.view(1, 1, 1, -1), padding=(0, r)), g.view(1, 1, -1, 1), padding=(r, 0))
         return m * x + (1 - m) * self.key
 
     def forward(self, z2: torch.Tensor, t2: torch.Tensor, defects: torch.Tensor) -> torch.Tensor:
@@ -216,12 +267,20 @@ class DualAnoDiff(PriorGenerator):
         z = z.clamp(-1, 1)
         return z[:b], z[b:]
 
+    def distance(self, part: torch.Tensor) -> np.ndarray:
+        """[B, P, P] distance of the part branch to the key colour, a fraction of the largest RGB distance."""
+        return (((part - self.key) ** 2).sum(1).sqrt() / (2 * math.sqrt(3))).numpy()
+
     def segment(self, part: torch.Tensor) -> list[np.ndarray]:
-        """Masks from the part branch: distance to the chroma key above ``mask_threshold``, cleaned."""
-        c = self.config
-        dist = ((part - self.key) ** 2).sum(1).sqrt() / (2 * math.sqrt(3))
-        return [clean_mask(dist[i].numpy(), c.mask_threshold, c.mask_sigma, c.min_blob, None, c.fill_holes, self._stats)
-                for i in range(len(part))]
+        """Masks from the part branch: its distance to the key colour (blurred by ``mask_sigma``)
+        above ``mask_threshold``, or above each sample's Otsu level (``mask_mode: otsu``), cleaned."""
+        c, out = self.config, []
+        for d in self.distance(part):
+            if c.mask_sigma > 0:
+                d = cv2.GaussianBlur(d, (0, 0), c.mask_sigma)
+            level = c.mask_threshold if c.mask_mode == "threshold" else otsu(d)
+            out.append(clean_mask(d, level, 0.0, c.min_blob, None, c.fill_holes, self._stats))
+        return out
 
     def generate(self, n: int, defect_type: str, rng: np.random.Generator) -> list[Pair]:
         self._check_fitted()
@@ -242,7 +301,7 @@ class DualAnoDiff(PriorGenerator):
                 w2, p2 = self.sample_branches(d, len(empty), gen)
                 for k, (i, m2) in enumerate(zip(empty, self.segment(p2))):
                     whole[i], part[i], masks[i] = w2[k], p2[k], m2
-            dist = ((part - self.key) ** 2).sum(1).sqrt()
+            dist = torch.from_numpy(self.distance(part))
             for i in range(b):
                 if not masks[i].any():   # top-k fallback: a few-shot defect's area (capped by the patch)
                     self._stats["topk_fallbacks"] += 1
