@@ -137,6 +137,42 @@ def test_dualanodiff_mask_is_segmented_from_the_part_branch():
         assert mk[y0 + 1:y1 - 1, x0 + 1:x1 - 1].all() and not (mk & ~box).any()   # blur may take a corner
 
 
+def test_dualanodiff_generated_masks_are_the_part_branch_anomaly(monkeypatch):
+    """generate() with a known part branch (a defect on the key colour plus the residual noise a
+    short fine-tune leaves: about 0.06 of the largest distance, as measured at the preset budget)
+    gives masks of that defect's size: never the whole window, never empty, no re-sample or top-k
+    fallback. Guards the failure of the first version, whose masks were the whole 32 x 32 window."""
+    gen = _fit("dualanodiff", _toy())
+    P = gen.config.patch_size
+    blobs = [(3, 9, 4, 12), (8, 14, 2, 6), (5, 8, 5, 14)]       # 48, 24, 27 px
+
+    def known(d, b, g):
+        noise = torch.Generator().manual_seed(b)
+        part = gen.key.expand(b, 3, P, P) + 0.15 * torch.randn(b, 3, P, P, generator=noise)
+        for i in range(b):
+            y0, y1, x0, x1 = blobs[i % len(blobs)]
+            part[i, :, y0:y1, x0:x1] = -0.9 if i % 2 else 0.9      # dark and bright defects
+        return torch.zeros(b, 3, P, P), part.clamp(-1, 1)
+
+    monkeypatch.setattr(gen, "sample_branches", known)
+    pairs = gen.generate(4, "stain", np.random.default_rng(0))          # one sample_batch
+    areas = [int(p.mask.sum()) for p in pairs]
+    want = [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in blobs * 2][:4]
+    assert all(0 < a < P * P for a in areas), f"full-window or empty masks: {areas}"
+    assert all(0.6 * w <= a <= 1.5 * w for a, w in zip(areas, want)), f"mask areas {areas}, defects {want}"
+    assert gen.stats()["retries"] == 0 and gen.stats()["topk_fallbacks"] == 0
+
+
+def test_dualanodiff_otsu_segments_the_part_branch():
+    """mask_mode otsu: the level adapts to each sample, so a defect on a background still far from
+    the key (an under-trained part branch) is segmented, not the whole window."""
+    gen = _fit("dualanodiff", _toy(), mask_mode="otsu")
+    part = torch.tensor([-0.3, -0.2, -0.1]).view(1, 3, 1, 1).expand(1, 3, 16, 16).clone()
+    part[0, :, 3:9, 4:12] = torch.tensor([0.9, -0.9, 0.9]).view(3, 1, 1)
+    m = gen.segment(part)[0]
+    assert 0.6 * 48 <= m.sum() <= 1.5 * 48 and m[4:8, 5:11].all()
+
+
 # ---------------------------------------------------------------------------------- RealNet-SDAS
 
 
