@@ -180,6 +180,11 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
     with _progress(console) as prog, ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         task = prog.add_task(f"cells ({jobs} processes)", total=len(cells), status="")
         futs = {pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads): c for c in cells}
+
+        def running() -> str:  # the pool takes cells in order: the first not-done ones are running
+            return "running: " + "; ".join([c.label for f, c in futs.items() if not f.done()][:jobs])
+
+        prog.update(task, status=running())
         for f in as_completed(futs):
             c = futs[f]
             try:
@@ -191,7 +196,7 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
             if rec is not None:
                 _report_failure(console, rec)
                 out.append(rec)
-            prog.update(task, advance=1, status=f"done: {c.label}")
+            prog.update(task, advance=1, status=running())
     return out
 
 
