@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from .record import CellRecord
 from .split import few_shot_split
 from .versions import package_versions
 
-__all__ = ["NO_GENERATOR", "load_images", "load_masks", "make_pairs", "run_cell"]
+__all__ = ["NO_GENERATOR", "generate_only", "load_images", "load_masks", "make_pairs", "run_cell"]
 
 
 def load_images(df: pd.DataFrame, size: int) -> np.ndarray:
@@ -45,6 +46,32 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+@contextmanager
+def torch_threads(n: int):
+    """``n`` torch threads inside the block (0: leave as is), the previous count after it."""
+    if not n:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def generate_only(cfg: CellConfig, cache_dir: str | Path = "results/cache", progress: Progress | None = None):
+    """Make (or find) the cell's generated set and nothing else, with ``cfg.generate_threads``:
+    what run_cell does before training, so a later run_cell reads the same set from the cache."""
+    adapter = create_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_cfg)
+    split = few_shot_split(adapter.samples(cfg.category), cfg.split.fraction, cfg.split.mode, cfg.seed)
+    normals = load_images(split.train_normals, cfg.image_size)
+    with torch_threads(cfg.generate_threads):
+        return make_pairs(cfg, adapter, split, normals, cache_dir, progress)
 
 
 def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
@@ -78,7 +105,8 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         detector = create_detector(cfg.detector, **cfg.detector_cfg)
         pairs: list[Pair] = []
         if cfg.generator != NO_GENERATOR:
-            gset = make_pairs(cfg, adapter, split, normals, cache_dir, progress)
+            with torch_threads(cfg.generate_threads):
+                gset = make_pairs(cfg, adapter, split, normals, cache_dir, progress)
             pairs, real = gset.pairs, gset.real
             record.generated_from_cache = gset.from_cache
             record.generated_set = str(gset.root)

@@ -76,6 +76,9 @@ class CellConfig:
     device: str = "cpu"            # recorded, not hashed: a GPU rerun does not redo CPU cells
     threads: int = 0               # torch CPU threads (0: torch's default); recorded, not hashed.
                                    # Bit-identical records need the same device and thread count.
+    generate_threads: int = 0      # torch threads while the generator fits and samples (0: threads);
+                                   # recorded, not hashed. Generated pairs depend on it like a
+                                   # detector on ``threads``.
     detector_seed: int | None = None  # None: the detector draws from ``seed`` like everything else.
                                       # Set only by the stability study's variance decomposition
                                       # (vary the detector's init and batch order alone); hashed
@@ -94,6 +97,7 @@ class CellConfig:
         d = self.to_dict()
         d.pop("device")
         d.pop("threads")
+        d.pop("generate_threads", None)
         if d.get("detector_seed") is None:
             d.pop("detector_seed", None)
         return digest(d)
@@ -134,6 +138,8 @@ class RunConfig:
     executor: str = option("local", choices=("local", "ray"))
     jobs: int = option(1, ge=1, help="local executor: cells run at once, each in its own process "
                        "with `threads` torch threads (1: one after another, in this process)")
+    generate_threads: int = option(0, ge=0, help="torch threads while generators fit and sample (0: "
+                                   "threads); with jobs > 1 the sets are made first, one after another")
     ray: RayConfig = field(default_factory=RayConfig)
     results_dir: str = "results/runs"
     cache_dir: str = "results/cache"
@@ -196,6 +202,7 @@ class RunConfig:
             generator_cfg=dict(comp.get(("generator", generator), self.generator_cfg.get(generator, {}))),
             detector_cfg=dict(comp.get(("detector", detector), self.detector_cfg.get(detector, {}))),
             quality=dict(self.quality), device=self.device, threads=self.threads,
+            generate_threads=self.generate_threads,
         )
 
     @property
@@ -205,7 +212,8 @@ class RunConfig:
 
 # Fields that say where and how a run executes, not what it measures: never part of the
 # experiment's identity (see benchmark.runs).
-EXECUTION_FIELDS = ("run", "device", "threads", "jobs", "executor", "ray", "results_dir", "cache_dir", "preset")
+EXECUTION_FIELDS = ("run", "device", "threads", "generate_threads", "jobs", "executor", "ray", "results_dir",
+                    "cache_dir", "preset")
 GRID_FIELDS = ("datasets", "categories", "generators", "detectors", "seeds")
 
 

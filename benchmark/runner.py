@@ -166,6 +166,29 @@ def _pool_cell(cell: dict, cache_dir: str, run_dir: str, threads: int) -> dict |
     return rec
 
 
+def _generate_first(cells: list[CellConfig], cache_dir: str, console: Console) -> None:
+    """Make every cell's generated set here, one after another with ``generate_threads`` torch
+    threads, before the cells run in parallel: a diffusion generator uses two threads well where
+    the detector's small convolutions do not, and the cells then read their sets from the cache.
+    A set that fails here is made (and its failure recorded) by its cell."""
+    from .cell import generate_only
+
+    todo = [c for c in cells if c.generator != NO_GENERATOR]
+    with _progress(console) as prog:
+        task = prog.add_task(f"generated sets ({todo[0].generate_threads if todo else 0} threads)",
+                             total=len(todo), status="")
+        for c in todo:
+            def say(msg: str, label: str = f"{c.dataset}/{c.category} {c.generator} seed {c.seed}") -> None:
+                prog.update(task, status=f"{label}: {msg}")
+
+            say("")
+            try:
+                generate_only(c, cache_dir, progress=say)
+            except Exception as e:  # the cell will fail the same way and record it
+                console.print(f"[yellow]generating for {c.label} failed; the cell records it:[/yellow] {e}")
+            prog.advance(task)
+
+
 def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: int) -> list[dict]:
     """``jobs`` cells at once, each in its own (spawned) process with ``cfg.threads`` torch threads
     (default: the CPUs shared out). Small convolutions use 2 threads poorly, so on 2 cores two
@@ -176,6 +199,8 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
         adapter = create_dataset(ds, cfg.root_of(ds), **cfg.dataset_cfg.get(ds, {}))
         if hasattr(adapter, "ensure"):
             adapter.ensure()
+    if cfg.generate_threads:
+        _generate_first(cells, cfg.cache_dir, console)
     out = []
     with _progress(console) as prog, ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         task = prog.add_task(f"cells ({jobs} processes)", total=len(cells), status="")

@@ -67,14 +67,18 @@ def test_same_seed_same_record_metrics(tmp_path, data_root):
 def test_jobs_run_cells_in_processes_with_the_same_records(tmp_path, data_root):
     """``jobs: 2`` runs cells in two spawned processes; with the same thread count each record's
     numbers equal the sequential run's, and the run resumes like any other."""
-    seq = _cfg(tmp_path, data_root, seeds="0,1", threads=1, run="seq")
-    par = _cfg(tmp_path, data_root, seeds="0,1", threads=1, run="par", jobs=2)
+    seq = _cfg(tmp_path, data_root, seeds="0,1", threads=1, generate_threads=1, run="seq")
+    par = _cfg(tmp_path, data_root, seeds="0,1", threads=1, generate_threads=1, run="par", jobs=2)
+    par.cache_dir = str(tmp_path / "cache_par")
     _, a = execute(seq)
     _, b = execute(par)
     assert len(a) == len(b) == 4 and all(r["status"] == "ok" for r in a + b)
+    assert not any(r["generated_from_cache"] for r in a)
+    assert all(r["generated_from_cache"] for r in b)   # the sets were made first, in this process
     by = {r["hash"]: r for r in a}
     for r in b:
-        assert r["threads"] == 1 and r["metrics"] == by[r["hash"]]["metrics"]
+        assert r["threads"] == 1 and r["config"]["generate_threads"] == 1
+        assert r["metrics"] == by[r["hash"]]["metrics"]
         assert r["eval"]["score"] == by[r["hash"]]["eval"]["score"]
     assert len(store.load_records(par.run_dir)) == 4 and execute(par)[0].todo == []
 
