@@ -52,6 +52,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from benchmark.schema import ConfigError, build, option
 
 from . import common
+from .attention_ops import finish, heads, merge  # noqa: F401  (re-exported for the baselines)
 from .base import FitData, Generator
 
 PRIOR_VERSION = 1
@@ -318,23 +319,6 @@ def set_processors(unet: UNet2DConditionModel, self_attn, cross_attn) -> dict[st
             mod.set_processor(proc)
             chosen[name] = type(proc).__name__
     return chosen
-
-
-def heads(x: torch.Tensor, h: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.view(b, n, h, c // h).transpose(1, 2)
-
-
-def merge(x: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-def finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    out = attn.to_out[1](attn.to_out[0](out))
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
 
 
 def window_at(fg: np.ndarray | None, h: int, w: int, side: int, rng: np.random.Generator) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from generators.dhdiff.generator import lr_factor
 from generators.dhdiff.model import DHDiffModel
 from generators.dhdiff.patches import clean_mask, composite, raw_mask
 from generators.dhdiff.processors import DDAProcessor, DHContext, SSMProcessor
+from tests.toys import toy_fitdata
 
 # a very small tiny-scale model: 16 px patches, attention on 16x16 and 8x8 grids
 SMALL = dict(widths=(8, 16), attn_levels=(True, True), heads=2, text_dim=16, patch_size=16,
@@ -34,18 +35,7 @@ def _threads():
 
 
 def _toy_data(work_dir=None, seed=0) -> FitData:
-    rng = np.random.default_rng(seed)
-    normals = [rng.integers(110, 140, (SIZE, SIZE, 3)).astype(np.uint8) for _ in range(4)]
-    anomalies = []
-    for d, val in (("scratch", 20), ("stain", 230)):
-        for _ in range(2):
-            im = rng.integers(110, 140, (SIZE, SIZE, 3)).astype(np.uint8)
-            m = np.zeros((SIZE, SIZE), bool)
-            y, x = rng.integers(8, SIZE - 16, 2)
-            m[y:y + 6, x:x + 9] = True
-            im[m] = val
-            anomalies.append(Pair(im, m, d))
-    return FitData("toy", normals, anomalies, ["scratch", "stain"], work_dir=work_dir, image_size=SIZE)
+    return toy_fitdata(work_dir, seed, SIZE)
 
 
 def _model(ablation: str, **kw) -> DHDiffModel:

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from generators import FitData, Pair, create_generator, get_generator_class
+from generators import FitData, create_generator, get_generator_class
 from generators import diffusion_prior as dp
 from generators.dhdiff.config import DHDiffConfig, resolve
 from generators.diffusion_prior import to_tensor, to_uint8
+from tests.toys import toy_fitdata
 
 SIZE = 48
 TINY = dict(widths=[8, 16], attn_levels=[True, True], patch_size=16, text_dim=16, heads=2,
@@ -31,18 +32,7 @@ def _threads():
 
 
 def _toy(work_dir=None, seed=0, anomalies=True) -> FitData:
-    rng = np.random.default_rng(seed)
-    normals = [rng.integers(110, 140, (SIZE, SIZE, 3)).astype(np.uint8) for _ in range(4)]
-    pairs = []
-    for d, val in (("scratch", 20), ("stain", 230)):
-        for _ in range(2):
-            im = rng.integers(110, 140, (SIZE, SIZE, 3)).astype(np.uint8)
-            m = np.zeros((SIZE, SIZE), bool)
-            y, x = rng.integers(8, SIZE - 16, 2)
-            m[y:y + 6, x:x + 9] = True
-            im[m] = val
-            pairs.append(Pair(im, m, d))
-    return FitData("toy", normals, pairs if anomalies else [], ["scratch", "stain"], work_dir=work_dir, image_size=SIZE)
+    return toy_fitdata(work_dir, seed, SIZE, anomalies)
 
 
 def _fit(name, data, seed=0, **kw):

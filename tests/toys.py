@@ -16,3 +16,23 @@ def square(img: np.ndarray, top: int, left: int, side: int) -> tuple[np.ndarray,
     mask = np.zeros(img.shape[:2], bool)
     mask[top:top + side, left:left + side] = True
     return out, mask
+
+
+def toy_fitdata(work_dir=None, seed: int = 0, size: int = 48, anomalies: bool = True):
+    """FitData for the diffusion generators' tests: 4 noisy grey normals and two defect types
+    (a dark 'scratch', a bright 'stain') with two 6x9 px examples each."""
+    from generators import FitData, Pair
+
+    rng = np.random.default_rng(seed)
+    normals = [rng.integers(110, 140, (size, size, 3)).astype(np.uint8) for _ in range(4)]
+    pairs = []
+    for d, val in (("scratch", 20), ("stain", 230)):
+        for _ in range(2):
+            im = rng.integers(110, 140, (size, size, 3)).astype(np.uint8)
+            m = np.zeros((size, size), bool)
+            y, x = rng.integers(8, size - 16, 2)
+            m[y:y + 6, x:x + 9] = True
+            im[m] = val
+            pairs.append(Pair(im, m, d))
+    return FitData("toy", normals, pairs if anomalies else [], ["scratch", "stain"], work_dir=work_dir,
+                   image_size=size)

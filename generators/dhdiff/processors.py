@@ -28,6 +28,10 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
+from generators.attention_ops import finish as _finish
+from generators.attention_ops import heads as _heads
+from generators.attention_ops import merge as _merge
+
 
 @dataclass
 class DHContext:
@@ -57,23 +61,6 @@ class DHContext:
             h, w = self.grid(n)
             self._cache[n] = F.adaptive_avg_pool2d(self.control, (h, w)).flatten(1)
         return self._cache[n]
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-def _finish(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    out = attn.to_out[1](attn.to_out[0](out))
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
 
 
 def _check_tokens(hidden_states: torch.Tensor, name: str) -> None:
