@@ -45,15 +45,13 @@ from torch import nn
 from benchmark.schema import option
 
 from . import register_generator
+from .attention_ops import finish, heads, merge
 from .dhdiff.patches import clean_mask, crop, defect_box
 from .diffusion_prior import (
     DiffusionConfig,
     PassProcessor,
     PriorGenerator,
     ddim,
-    finish,
-    heads,
-    merge,
     noise_loss,
     optimise,
     resize_mask_tokens,

@@ -52,7 +52,6 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from benchmark.schema import ConfigError, build, option
 
 from . import common
-from .attention_ops import finish, heads, merge  # noqa: F401  (re-exported for the baselines)
 from .base import FitData, Generator
 
 PRIOR_VERSION = 1

@@ -53,6 +53,7 @@ from torch import nn
 from benchmark.schema import option
 
 from . import register_generator
+from .attention_ops import finish, heads, merge
 from .base import Pair
 from .dhdiff.patches import clean_mask, composite, crop, defect_box
 from .diffusion_prior import (
@@ -60,9 +61,6 @@ from .diffusion_prior import (
     PassProcessor,
     PriorGenerator,
     ddim,
-    finish,
-    heads,
-    merge,
     optimise,
     set_processors,
     target,
