@@ -69,6 +69,30 @@ def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
+def paired_t(deltas: Any, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, lo, hi, p) of per-cell differences metric(A) - metric(B), one-sample t-test against 0.
+
+    Why beside the image bootstrap: resampling evaluation images holds the *trained* detectors
+    fixed, so its interval only says how sure we are about these models on this test set. A
+    cell's recorded difference also moves with the training seed (detector initialisation, batch
+    order, the generator's own randomness); the spread of those differences over (category, seed)
+    cells is what a rerun with new seeds would see. Cells are taken as independent replicates.
+    Non-finite values are left out; n < 2 gives NaN bounds and p; identical differences give a
+    zero-width interval and p = 0 (or 1 when they are all 0)."""
+    _check_level(level)
+    v = np.asarray(deltas, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    m = float(v.mean())
+    if v.size < 2:
+        return m, math.nan, math.nan, math.nan
+    if np.all(v == v[0]):
+        return m, m, m, (1.0 if m == 0 else 0.0)
+    _, lo, hi = t_interval(v, level)
+    return m, lo, hi, float(sps.ttest_1samp(v, 0.0).pvalue)
+
+
 def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")

@@ -148,6 +148,22 @@ def test_delong_combined_mean_of_deltas_and_variance():
     assert p == pytest.approx(2 * sps.norm.sf(abs(d / se)))
 
 
+def test_paired_t_closed_form_and_edge_cases():
+    d = [-0.009, -0.151, -0.043]  # DH-Diff - Crop&Paste image AUROC per seed, quick preset (weave)
+    m, lo, hi, p = stats.paired_t(d)
+    sd = np.std(d, ddof=1)
+    h = 4.302652729911275 * sd / math.sqrt(3)  # t_{0.975, 2}
+    assert m == pytest.approx(np.mean(d)) and (lo, hi) == pytest.approx((m - h, m + h))
+    t = m / (sd / math.sqrt(3))
+    assert p == pytest.approx(2 * sps.t.sf(abs(t), 2)) and p == pytest.approx(sps.ttest_1samp(d, 0).pvalue)
+    assert 0.2 < p < 0.3
+    assert stats.paired_t([0.1, np.nan, 0.3])[:3] == pytest.approx(stats.t_interval([0.1, 0.3]))
+    m1, lo1, hi1, p1 = stats.paired_t([0.2])
+    assert m1 == 0.2 and all(math.isnan(x) for x in (lo1, hi1, p1))
+    assert stats.paired_t([0.1, 0.1, 0.1]) == pytest.approx((0.1, 0.1, 0.1, 0.0))
+    assert stats.paired_t([0.0, 0.0]) == (0.0, 0.0, 0.0, 1.0)
+
+
 def test_holm_hand_case():
     # sorted 0.01, 0.03, 0.04, 0.5 (m = 4): 0.04, max(0.04, 0.09), max(0.09, 0.08), max(0.09, 0.5)
     np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, np.nan, 0.5]), [0.04, 0.09, 0.09, np.nan, 0.5])

@@ -4,6 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from benchmark import compare, stats, tables
 from benchmark.config import ConfigError
@@ -155,7 +156,9 @@ def test_compare_known_difference_and_none():
     assert (boot["n_cells"], boot["n_categories"], boot["n_seeds"]) == (6, 3, 2)
     delong = df[df.test == "DeLong"].iloc[0]
     assert delong["delta"] == pytest.approx(truth) and delong["p"] < 0.01
-    assert df[df.metric == "pixel_aupro"].iloc[0]["test"] == "none"
+    assert list(df[df.metric == "pixel_aupro"].test) == ["paired t over 6 cells", "none"]
+    cells = df[(df.metric == "image_auroc") & (df.test == "paired t over 6 cells")].iloc[0]
+    assert cells["delta"] == pytest.approx(truth) and cells["p"] < 0.001
     # A against itself under another name: no difference, p = 1
     same = [dict(r, config=dict(r["config"], generator="twin"), hash=r["hash"] + "t") for r in good]
     df0 = compare.compare_runs(good + same, "good", "twin", metrics=("image_auroc",))
@@ -195,6 +198,36 @@ def test_ranking_marks_ties_with_best():
     assert r["delta_vs_best"].iloc[1:].to_numpy() == pytest.approx(r["tested_delta"].iloc[1:].to_numpy())
     md = compare.ranking_markdown(r, "ds", "image_auroc")
     assert "Holm" in md and "| 3 | poor |" in md
+
+
+def seed_flipping_records():
+    """A beats B clearly on the images of seeds 0 and 2, B beats A clearly on seed 1: a sure
+    difference per trained model, no sure difference over training seeds."""
+    recs = []
+    for s, (sa, sb) in enumerate([(3.0, 0.5), (0.5, 3.0), (3.0, 0.5)]):
+        recs.append(make_record("a", "A", seed=s, shift=sa, rng_seed=s, n_good=60, n_bad=60))
+        recs.append(make_record("a", "B", seed=s, shift=sb, rng_seed=s + 50, n_good=60, n_bad=60))
+    return recs
+
+
+def test_seed_variation_is_tested_over_cells_not_only_over_images():
+    recs = seed_flipping_records()
+    df = compare.compare_runs(recs, "A", "B", metrics=("image_auroc", "pixel_aupro"))
+    per_cell = [recs[2 * s]["metrics"]["image_auroc"] - recs[2 * s + 1]["metrics"]["image_auroc"] for s in range(3)]
+    cells = df[(df.metric == "image_auroc") & (df.test == "paired t over 3 cells")].iloc[0]
+    boot = df[(df.metric == "image_auroc") & df.test.str.startswith("paired bootstrap")].iloc[0]
+    assert boot["p"] < 0.01  # the models of this run differ on these images ...
+    assert cells["p"] == pytest.approx(sps.ttest_1samp(per_cell, 0).pvalue) and cells["p"] > 0.3  # ... seeds do not agree
+    assert cells["lo"] < 0 < cells["hi"] and cells["delta"] == pytest.approx(boot["recorded_delta"])
+    aupro = df[df.metric == "pixel_aupro"]
+    assert list(aupro.test) == ["paired t over 3 cells", "none"] and aupro.iloc[0]["p"] == 1.0  # all 0.6
+    r = compare.ranking(recs, "ds", "image_auroc")
+    assert list(r.method) == ["A", "B"] and r.attrs["decided_by"] == "cells"
+    assert r["p_holm"].iloc[1] < 0.01 and r["p_cells_holm"].iloc[1] > 0.3 and r["same_as_best"].iloc[1]
+    md = compare.ranking_markdown(r, "ds", "image_auroc")
+    assert "by p cells" in md and "| 2 | B |" in md and md.rstrip().endswith("| yes |")
+    one = compare.ranking(recs[:2], "ds", "image_auroc")  # one cell: only the image test can decide
+    assert one.attrs["decided_by"] == "images" and not one["same_as_best"].iloc[1]
 
 
 def test_compare_cli_prints_markdown(tmp_path, capsys):
