@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -151,6 +152,17 @@ def _progress(console: Console) -> Progress:
                     TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console)
 
 
+def _finished(prog: Progress, task: Any, label: str, **fields: Any) -> None:
+    """Advance ``task`` by one finished item. rich's live bar draws nothing into a file or pipe
+    until it stops (``make bench > log``, CI), so there each finished item also prints a line:
+    a 17-minute run shows its progress in its log too."""
+    prog.update(task, advance=1, **fields)
+    if not prog.console.is_terminal:
+        t = next(t for t in prog.tasks if t.id == task)
+        prog.console.print(f"{t.description}: {int(t.completed)}/{int(t.total)} after "
+                           f"{t.elapsed or 0:.0f} s, {label} done", highlight=False, soft_wrap=True)
+
+
 def _pool_cell(cell: dict, cache_dir: str, run_dir: str, threads: int) -> dict | None:
     """One cell in a worker process: claim it, run it with ``threads`` torch threads, write its
     record (None: another process had recorded it meanwhile)."""
@@ -186,7 +198,7 @@ def _generate_first(cells: list[CellConfig], cache_dir: str, console: Console) -
                 generate_only(c, cache_dir, progress=say)
             except Exception as e:  # the cell will fail the same way and record it
                 console.print(f"[yellow]generating for {c.label} failed; the cell records it:[/yellow] {e}")
-            prog.advance(task)
+            _finished(prog, task, f"{c.dataset}/{c.category} {c.generator} seed {c.seed}")
 
 
 def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: int) -> list[dict]:
@@ -221,7 +233,7 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
             if rec is not None:
                 _report_failure(console, rec)
                 out.append(rec)
-            prog.update(task, advance=1, status=running())
+            _finished(prog, task, c.label, status=running())
     return out
 
 
@@ -242,13 +254,13 @@ def run_local(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list
 
             with store.cell_lock(cfg.run_dir, c.hash(), on_wait=lambda: say("waiting for another process computing it")):
                 if store.is_done(cfg.run_dir, c.hash()):  # done by another process meanwhile
-                    prog.advance(task)
+                    _finished(prog, task, f"{c.label} (by another process)")
                     continue
                 rec = run_cell(c, cfg.cache_dir, progress=say)
                 store.write_record(cfg.run_dir, rec)
             _report_failure(console, rec)
             out.append(rec)
-            prog.advance(task)
+            _finished(prog, task, c.label)
     return out
 
 
@@ -301,7 +313,7 @@ def run_ray(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[d
             store.write_record(cfg.run_dir, rec)
             _report_failure(console, rec)
             out.append(rec)
-            prog.update(task, advance=1, status=c.label)
+            _finished(prog, task, c.label, status=c.label)
     return out
 
 

@@ -101,8 +101,12 @@ def test_cli_writes_tables_and_reports(tmp_path, data_root, capsys):
             "--run", "cli", "--generators", "cutpaste,none", "--jobs", "1"] + sum((["--set", s] for s in TINY), []) + \
            ["--set", f"cache_dir={tmp_path / 'cache'}"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
     assert "bottle" in out and "carpet" in out and "average" in out and "no augmentation" in out
+    # not a terminal: one progress line per finished cell (rich's live bar would print nothing till the end)
+    assert [ln.split(" after ")[0] for ln in cap.err.splitlines() if ln.startswith("cells: ")] == \
+        [f"cells: {i}/12" for i in range(1, 13)]  # 2 categories x 2 generators x 3 seeds
     tdir = tmp_path / "runs" / "cli" / "tables"
     md = (tdir / "mvtec_ad_auroc.md").read_text()
     # the paper's numbers for the same categories sit beside ours, labelled as published
