@@ -22,7 +22,7 @@ from generators import Pair
 from .config import CellConfig
 from .datasets import DataError, create_dataset, load_image, load_mask
 from .evaluation import evaluate_with_sample
-from .generation import NO_GENERATOR, Progress, log, make_pairs
+from .generation import NO_GENERATOR, Progress, log, make_pairs, torch_thread_count
 from .record import CellRecord
 from .split import few_shot_split
 from .versions import package_versions
@@ -40,12 +40,6 @@ def load_masks(df: pd.DataFrame, size: int) -> np.ndarray:
     if not len(df):
         return np.zeros((0, size, size), bool)
     return np.stack([load_mask(tuple(mp), size, image_path=ip) for ip, mp in zip(df["image_path"], df["mask_paths"])])
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 @contextmanager
@@ -92,7 +86,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
             import torch
 
             torch.set_num_threads(cfg.threads)
-        record.threads = _torch_threads()
+        record.threads = torch_thread_count()
         t = time.perf_counter()
         adapter = create_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_cfg)
         samples = adapter.samples(cfg.category)
@@ -111,6 +105,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
             record.generated_from_cache = gset.from_cache
             record.generated_set = str(gset.root)
             record.generator_stats = gset.stats
+            record.generator_timings = gset.timings or None
             if gset.discarded:
                 record.generated_set_discarded = gset.discarded
             t = lap("generate", t)

@@ -10,6 +10,7 @@ regenerates instead of serving stale pairs.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,6 +69,10 @@ class GeneratedSet:
     root: Path                # folder of the cached set
     stats: dict               # the generator's own counters (retries, fallbacks ...), see Generator.stats
     discarded: str | None = None  # why a damaged cached set was thrown away and made again
+    # What making the set cost when it was made (kept in its manifest, so a cell that reads the
+    # set from the cache still reports it): fit_s, generate_s, threads. Empty for sets cached
+    # before this was recorded.
+    timings: dict | None = None
 
 
 def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: np.ndarray,
@@ -104,8 +109,8 @@ def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: 
             cached = None
         if cached is not None:
             log(progress, f"generated set from cache {root}")
-            stats = json.loads((root / "manifest.json").read_text()).get("stats", {})
-            return GeneratedSet(cached, True, real, root, stats)
+            meta = json.loads((root / "manifest.json").read_text())
+            return GeneratedSet(cached, True, real, root, meta.get("stats", {}), timings=meta.get("timings") or {})
         if getattr(gen_cls, "needs_anomalies", False) and not real:
             raise ValueError(f"generator {cfg.generator!r} needs few-shot anomalies, but the split gave none "
                              f"for {cfg.dataset}/{cfg.category}")
@@ -117,12 +122,16 @@ def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: 
                       device=cfg.device, work_dir=work_dir, image_size=cfg.image_size)
         rng = np.random.default_rng(stable_seed(cfg.seed, cfg.category, "fit"))
         log(progress, f"fitting generator {cfg.generator}")
+        t0 = time.perf_counter()
         gen.fit(fit, rng)
+        t1 = time.perf_counter()
         pairs: list[Pair] = []
         for d in defect_types:
             log(progress, f"generating {cfg.pairs_per_defect} {d} pairs")
             drng = np.random.default_rng(stable_seed(cfg.seed, cfg.category, d))
             pairs.extend(gen.generate(cfg.pairs_per_defect, d, drng))
+        timings = {"fit_s": round(t1 - t0, 3), "generate_s": round(time.perf_counter() - t1, 3),
+                   "threads": torch_thread_count()}
         for p in pairs:
             if p.image.shape != (cfg.image_size, cfg.image_size, 3) or p.image.dtype != np.uint8:
                 raise ValueError(f"generator {cfg.generator!r} returned an image of shape {p.image.shape} "
@@ -134,5 +143,11 @@ def make_pairs(cfg: CellConfig, adapter: DatasetAdapter, split: Split, normals: 
         gcache.save_pairs(root, pairs, {"generator": cfg.generator, "category": cfg.category,
                                         "dataset": cfg.dataset, "config": schema.resolved(gen.config),
                                         "seed": cfg.seed, "key": key, "token": gen.cache_token(),
-                                        "stats": stats})
-    return GeneratedSet(pairs, False, real, root, stats, discarded)
+                                        "stats": stats, "timings": timings})
+    return GeneratedSet(pairs, False, real, root, stats, discarded, timings)
+
+
+def torch_thread_count() -> int:
+    import torch
+
+    return torch.get_num_threads()

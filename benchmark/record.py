@@ -37,6 +37,7 @@ class CellRecord:
     generated_from_cache: bool | None = None
     generated_set_discarded: str | None = None
     generator_stats: dict | None = None
+    generator_timings: dict | None = None  # fit_s, generate_s, threads of the set when it was made
     weights: dict | None = None         # pretrained weights a detector used (name, sha256)
     # failure (status failed)
     error: str | None = None

@@ -124,6 +124,36 @@ def _figures(records: list[dict], frame: pd.DataFrame, fig_dir: Path, cache: dic
     return paths
 
 
+def generator_costs(records: list[dict], dataset: str) -> pd.DataFrame:
+    """What each generator's sets cost to make, from the records' ``generator_timings`` (kept in
+    the set's manifest, so a cell that read its set from the cache still reports it). A set shared
+    by several cells (one per detector) counts once; records without timings are left out."""
+    sets: dict[str, dict] = {}
+    for r in records:
+        t, c = r.get("generator_timings"), r["config"]
+        if c["dataset"] == dataset and t and r.get("generated_set"):
+            sets[r["generated_set"]] = {"generator": c["generator"], **t}
+    cols = ["generator", "sets", "fit s (median)", "generate s (median)", "total s (median)", "threads"]
+    if not sets:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(sets.values())
+    df["total_s"] = df["fit_s"] + df["generate_s"]
+    g = df.groupby("generator", sort=True)
+    out = pd.DataFrame({"sets": g.size(), "fit s (median)": g["fit_s"].median(),
+                        "generate s (median)": g["generate_s"].median(), "total s (median)": g["total_s"].median(),
+                        "threads": g["threads"].agg(lambda v: "/".join(str(int(x)) for x in sorted(set(v))))})
+    return out.reset_index()[cols]
+
+
+def _generator_costs_markdown(records: list[dict], dataset: str) -> str:
+    df = generator_costs(records, dataset)
+    if df.empty:
+        return ""
+    head = (f"#### {dataset}: cost of the generated sets (seconds when each set was made, fit and sampling; "
+            f"a set read from the cache counts once, at its cost when made)")
+    return f"{head}\n\n{df.to_markdown(index=False, floatfmt='.1f')}\n"
+
+
 def _run_label(run_dir: Path) -> str:
     """The run's name, plus its preset where the run manifest (run.json) records one."""
     import json
@@ -167,6 +197,10 @@ def build_report(run_dir: str | Path, console: Console | None = None, figures: b
         if md:
             (out / f"{dataset}_ranking.md").write_text(md)
             shown[f"{dataset}_ranking"] = md
+        md = _generator_costs_markdown(records, dataset)
+        if md:
+            (out / f"{dataset}_generators.md").write_text(md)
+            shown[f"{dataset}_generators"] = md
     if figures and not frame.empty:
         try:
             paths = _figures(records, frame, run_dir / "figures", cache)

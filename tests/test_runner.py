@@ -64,6 +64,19 @@ def test_same_seed_same_record_metrics(tmp_path, data_root):
     assert c2["quality"] == a["quality"]  # sources survive the cache
 
 
+def test_generator_cost_is_kept_with_the_cached_set(tmp_path, data_root):
+    import torch
+
+    cfg = _cfg(tmp_path, data_root, categories="bottle")
+    c = plan(cfg).cells[0]
+    first = run_cell(c, tmp_path / "cache")
+    again = run_cell(c, tmp_path / "cache")  # reads the set: its cost is the one measured when it was made
+    assert (first["generated_from_cache"], again["generated_from_cache"]) == (False, True)
+    t = first["generator_timings"]
+    assert set(t) == {"fit_s", "generate_s", "threads"} and t["threads"] == (c.generate_threads or torch.get_num_threads())
+    assert again["generator_timings"] == t and again["timings"]["generate"] < t["fit_s"] + t["generate_s"] + 1
+
+
 def test_jobs_run_cells_in_processes_with_the_same_records(tmp_path, data_root):
     """``jobs: 2`` runs cells in two spawned processes; with the same thread count each record's
     numbers equal the sequential run's, and the run resumes like any other."""

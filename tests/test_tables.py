@@ -290,6 +290,25 @@ def test_loco_spro_table_and_per_group_auroc_without_bootstrap(tmp_path):
     assert out["mvtec_loco_auroc"].frame.at["pushpins", "g"].startswith("(77.0, ")
 
 
+def test_generator_costs_count_each_set_once():
+    from benchmark.report import generator_costs
+
+    recs = []
+    for det, (g, root, fit, gen) in [("unet", ("dhdiff", "s0", 100.0, 80.0)), ("ssn", ("dhdiff", "s0", 100.0, 80.0)),
+                                     ("unet", ("dhdiff", "s1", 140.0, 60.0)), ("unet", ("dhdiff", "s2", 120.0, 90.0)),
+                                     ("unet", ("cutpaste", "c0", 0.0, 2.0))]:
+        r = make_record("a", g, detector=det, seed=int(root[1]))
+        r.update(generated_set=root, generator_timings={"fit_s": fit, "generate_s": gen, "threads": 2})
+        recs.append(r)
+    recs.append(make_record("a", "crop_paste"))  # no timings (an older cached set): left out
+    df = generator_costs(recs, "ds").set_index("generator")
+    assert list(df.index) == ["cutpaste", "dhdiff"]
+    assert df.loc["dhdiff", "sets"] == 3  # s0 serves two detectors, counted once
+    assert (df.loc["dhdiff", "fit s (median)"], df.loc["dhdiff", "generate s (median)"]) == (120.0, 80.0)
+    assert df.loc["dhdiff", "total s (median)"] == 200.0 and df.loc["dhdiff", "threads"] == "2"
+    assert generator_costs(recs, "other").empty
+
+
 def test_build_report_end_to_end_from_stored_records(tmp_path):
     from benchmark import store
     from benchmark.config import RECORD_SCHEMA, CellConfig
