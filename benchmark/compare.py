@@ -311,7 +311,8 @@ def compare_markdown(df: pd.DataFrame, run: str = "", level: float = 0.95) -> st
             f"DeLong: paired on the same evaluation images, trained models held fixed")
     if n is not None:
         seeds = f"{n['n_seeds']} seed{'s' if n['n_seeds'] != 1 else ''}"
-        head += f"; {n['n_cells']} cells ({n['n_categories']} categories × {seeds}), mean of per-cell Δ"
+        cats = f"{n['n_categories']} categor{'ies' if n['n_categories'] != 1 else 'y'}"
+        head += f"; {n['n_cells']} cells ({cats} × {seeds}), mean of per-cell Δ"
     lines = [head, "", "| metric | test | Δ | interval | p | recorded Δ | note |", "|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         iv = "–" if not np.isfinite(r["lo"]) else f"[{_pts(r['lo'])}, {_pts(r['hi'])}]"
