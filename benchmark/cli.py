@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -151,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run"] + argv
     a = parser().parse_args(argv)
     console = Console(stderr=True)
+    if not console.is_terminal:
+        # Into a file or pipe, progress is our one line per finished cell; libraries' tqdm bars
+        # (anomalib's coreset selection: ~1,500 redraws a PatchCore cell) would fill the log with
+        # carriage returns. tqdm reads TQDM_* when it is imported, so this must come before any
+        # model import; spawned worker processes inherit it. A user's own setting wins.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         if a.cmd in PLUGGED:
             return importlib.import_module(PLUGGED[a.cmd]).run(a, console)

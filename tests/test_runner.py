@@ -211,3 +211,19 @@ def test_interrupted_run_keeps_finished_cells(tmp_path, data_root, monkeypatch):
     monkeypatch.setattr(R, "run_cell", real)
     p, recs = execute(cfg)
     assert len(p.todo) == 1 and [r["config"]["category"] for r in recs] == [calls[1]]
+
+
+def test_library_progress_bars_are_off_in_logs(tmp_path):
+    """Into a file, tqdm bars (anomalib's coreset selection) would fill the log with carriage
+    returns: the CLI turns them off before any library imports tqdm; a terminal keeps them."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.environ.pop('TQDM_DISABLE', None)\n"
+            "from benchmark.cli import main\n"
+            "assert main(['list']) == 0\n"
+            "from tqdm import tqdm\n"
+            "print('bars off' if tqdm(range(3)).disable else 'bars on', file=sys.__stdout__)\n")
+    with open(tmp_path / "log", "w") as log:
+        out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "bars off"
