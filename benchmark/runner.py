@@ -214,27 +214,46 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
     if cfg.generate_threads:
         _generate_first(cells, cfg.cache_dir, console)
     out = []
-    with _progress(console) as prog, ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        task = prog.add_task(f"cells ({jobs} processes)", total=len(cells), status="")
-        futs = {pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads): c for c in cells}
+    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
+    try:
+        with _progress(console) as prog:
+            task = prog.add_task(f"cells ({jobs} processes)", total=len(cells), status="")
+            futs = {pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads): c for c in cells}
 
-        def running() -> str:  # the pool takes cells in order: the first not-done ones are running
-            return "running: " + "; ".join([c.label for f, c in futs.items() if not f.done()][:jobs])
+            def running() -> str:  # the pool takes cells in order: the first not-done ones are running
+                return "running: " + "; ".join([c.label for f, c in futs.items() if not f.done()][:jobs])
 
-        prog.update(task, status=running())
-        for f in as_completed(futs):
-            c = futs[f]
-            try:
-                rec = f.result()
-            except Exception as e:  # the worker process itself died: record it like any failure
-                rec = {"hash": c.hash(), "config": c.to_dict(), "status": "failed",
-                       "error": f"{type(e).__name__}: {e}", "traceback": repr(e)}
-                store.write_record(cfg.run_dir, rec)
-            if rec is not None:
-                _report_failure(console, rec)
-                out.append(rec)
-            _finished(prog, task, c.label, status=running())
+            prog.update(task, status=running())
+            for f in as_completed(futs):
+                c = futs[f]
+                try:
+                    rec = f.result()
+                except Exception as e:  # the worker process itself died: record it like any failure
+                    rec = {"hash": c.hash(), "config": c.to_dict(), "status": "failed",
+                           "error": f"{type(e).__name__}: {e}", "traceback": repr(e)}
+                    store.write_record(cfg.run_dir, rec)
+                if rec is not None:
+                    _report_failure(console, rec)
+                    out.append(rec)
+                _finished(prog, task, c.label, status=running())
+    except BaseException:  # Ctrl-C (or a failure here): stop now, keep what is recorded
+        stop_pool(pool)
+        raise
+    pool.shutdown()
     return out
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Drop the queued cells and end the running ones now. ``shutdown`` alone waits for every
+    running cell (minutes each; a Ctrl-C on a `--jobs 2` run waited on two SuperSimpleNet cells
+    for over 20 minutes), and the interpreter's exit joins the workers again. Their records are
+    not written, their cell locks go with the processes, and a rerun computes those cells."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public handle on workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.join(timeout=10)
 
 
 def run_local(cfg: RunConfig, cells: list[CellConfig], console: Console) -> list[dict]:

@@ -227,3 +227,34 @@ def test_library_progress_bars_are_off_in_logs(tmp_path):
     with open(tmp_path / "log", "w") as log:
         out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "bars off"
+
+
+def _sleep(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_stop_pool_ends_running_and_queued_cells_now():
+    """What Ctrl-C does to a --jobs run: running workers are killed, queued cells never start."""
+    import multiprocessing as mp
+    import signal
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from benchmark.runner import stop_pool
+
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    running, queued = pool.submit(_sleep, 600), pool.submit(_sleep, 600)
+    while not running.running():
+        pass
+    procs = list(pool._processes.values())
+    stop_pool(pool)
+    deadline = time.monotonic() + 5  # the pool's own thread may reap the killed worker first
+    while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p.exitcode for p in procs] == [-signal.SIGKILL]
+    # the queued cell never ran: cancelled, or (already handed to the dead worker) broken
+    assert queued.done() and (queued.cancelled() or isinstance(queued.exception(), BrokenProcessPool))
