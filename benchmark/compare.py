@@ -39,7 +39,7 @@ from .config import ConfigError
 
 DEFAULT_METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max")
 # Config fields that may differ between two columns of one comparison (the rest must agree).
-_METHOD_FIELDS = {"generator", "generator_cfg", "device", "threads"}
+_METHOD_FIELDS = {"generator", "generator_cfg", "device", "threads", "generate_threads"}
 _CELL_FIELDS = {"dataset", "category", "detector", "seed"}
 
 
@@ -312,7 +312,7 @@ def compare_markdown(df: pd.DataFrame, run: str = "", level: float = 0.95) -> st
     if n is not None:
         seeds = f"{n['n_seeds']} seed{'s' if n['n_seeds'] != 1 else ''}"
         cats = f"{n['n_categories']} categor{'ies' if n['n_categories'] != 1 else 'y'}"
-        head += f"; {n['n_cells']} cells ({cats} × {seeds}), mean of per-cell Δ"
+        head += f"; {n['n_cells']} cell{'s' if n['n_cells'] != 1 else ''} ({cats} × {seeds}), mean of per-cell Δ"
     lines = [head, "", "| metric | test | Δ | interval | p | recorded Δ | note |", "|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         iv = "–" if not np.isfinite(r["lo"]) else f"[{_pts(r['lo'])}, {_pts(r['hi'])}]"

@@ -44,8 +44,10 @@ LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "image_ap"
 N_BOOT, BOOT_SEED, LEVEL = 1000, 0, 0.95
 AVERAGE = "average"
 PARTIAL_MARK = "†"
-# Config fields that do not make two records different columns.
-_NOT_COLUMN = {"category", "seed", "device", "threads"}
+# Config fields that do not make two records different columns: the grid's own axes, and the
+# execution fields the cell hash leaves out (benchmark.config.CellConfig.hash). A field that is
+# null or absent (a record written before the field existed) is the same setting.
+_NOT_COLUMN = {"category", "seed", "device", "threads", "generate_threads"}
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,8 @@ def columns(records: list[dict], dataset: str) -> Columns:
     groups: dict[tuple, list[dict]] = {}
     for r in rs:
         c = r["config"]
-        rest = json.dumps({k: v for k, v in c.items() if k not in _NOT_COLUMN}, sort_keys=True, default=str)
+        rest = json.dumps({k: v for k, v in c.items() if k not in _NOT_COLUMN and v is not None},
+                          sort_keys=True, default=str)
         groups.setdefault((c["generator"], c["detector"], rest), []).append(r)
     out = Columns()
     variants: dict[tuple, list[tuple]] = {}

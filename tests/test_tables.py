@@ -125,6 +125,14 @@ def test_different_configs_are_separate_columns():
     assert all(len(v) == 1 for v in cols.records.values()) and "image_size" in cols.notes[0]
 
 
+def test_execution_fields_and_absent_fields_do_not_split_columns():
+    # seed 0 written before generate_threads / detector_seed existed, seed 1 after: one column
+    recs = [make_record("a", "g", seed=0), make_record("a", "g", seed=1, cfg={"generate_threads": 2, "detector_seed": None})]
+    assert list(tables.columns(recs, "ds").records) == ["g"]
+    recs.append(make_record("a", "g", seed=2, cfg={"detector_seed": 7}))  # a real setting still does
+    assert sorted(tables.columns(recs, "ds").records) == ["g [config 1]", "g [config 2]"]
+
+
 def test_write_tables_kinds(tmp_path):
     out = tables.write_tables(grid(), tmp_path, run="r")
     assert sorted(out) == ["ds_ap", "ds_aupro", "ds_auroc", "ds_f1max"]  # no sPRO without LOCO metrics
@@ -248,7 +256,7 @@ def test_compare_cli_prints_markdown(tmp_path, capsys):
                           str(tmp_path / "runs")])
     assert compare.run(args, None) == 0
     out = capsys.readouterr().out
-    assert "r1: good − bad" in out and "| image_auroc | DeLong |" in out and "1 cells (1 categories × 1 seed)" in out
+    assert "r1: good − bad" in out and "| image_auroc | DeLong |" in out and "1 cell (1 category × 1 seed)" in out
     args = ap.parse_args(["compare", "r1", "good", "nope", "--results-dir", str(tmp_path / "runs")])
     assert compare.run(args, None) == 2
     assert "no successful cell of generator 'nope'" in capsys.readouterr().err
