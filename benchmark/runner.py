@@ -190,7 +190,9 @@ def _generate_first(cells: list[CellConfig], cache_dir: str, console: Console) -
         task = prog.add_task(f"generated sets ({todo[0].generate_threads if todo else 0} threads)",
                              total=len(todo), status="")
         for c in todo:
-            def say(msg: str, label: str = f"{c.dataset}/{c.category} {c.generator} seed {c.seed}") -> None:
+            label = f"{c.dataset}/{c.category} {c.generator} seed {c.seed}"
+
+            def say(msg: str, label: str = label) -> None:
                 prog.update(task, status=f"{label}: {msg}")
 
             say("")
@@ -198,7 +200,7 @@ def _generate_first(cells: list[CellConfig], cache_dir: str, console: Console) -
                 generate_only(c, cache_dir, progress=say)
             except Exception as e:  # the cell will fail the same way and record it
                 console.print(f"[yellow]generating for {c.label} failed; the cell records it:[/yellow] {e}")
-            _finished(prog, task, f"{c.dataset}/{c.category} {c.generator} seed {c.seed}")
+            _finished(prog, task, label)
 
 
 def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: int) -> list[dict]:
