@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     if not console.is_terminal:
         # Into a file or pipe, progress is our one line per finished cell; libraries' tqdm bars
-        # (anomalib's coreset selection: ~1,500 redraws a PatchCore cell) would fill the log with
+        # (anomalib's coreset selection: hundreds of redraws a PatchCore cell) would fill the log with
         # carriage returns. tqdm reads TQDM_* when it is imported, so this must come before any
         # model import; spawned worker processes inherit it. A user's own setting wins.
         os.environ.setdefault("TQDM_DISABLE", "1")
