@@ -241,7 +241,7 @@ def test_stop_pool_ends_running_and_queued_cells_now():
     import multiprocessing as mp
     import signal
     import time
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     from benchmark.runner import stop_pool
@@ -256,5 +256,8 @@ def test_stop_pool_ends_running_and_queued_cells_now():
     while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p.exitcode for p in procs] == [-signal.SIGKILL]
-    # the queued cell never ran: cancelled, or (already handed to the dead worker) broken
+    # the queued cell never ran: cancelled, or (already handed to the dead worker) broken. The
+    # pool's management thread marks a handed-over future broken only once it has seen the
+    # worker die, so wait for that rather than race it (CI lost that race once).
+    wait([queued], timeout=30)
     assert queued.done() and (queued.cancelled() or isinstance(queued.exception(), BrokenProcessPool))
