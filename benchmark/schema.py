@@ -26,11 +26,14 @@ class ConfigError(ValueError):
 
 def option(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None,
            le: float | None = None, lt: float | None = None, choices: tuple | None = None,
-           help: str = "") -> Any:
+           help: str = "", omit_default: bool = False) -> Any:
     """A dataclass field with a declared range or set of choices (checked by `build`).
 
-    Mutable defaults (lists, dicts) are copied per instance."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "help": help}
+    Mutable defaults (lists, dicts) are copied per instance. ``omit_default``: the field is left
+    out of ``resolved`` while it holds its default. For a field added after records existed
+    (e.g. the diffusion baselines' ``scale``): the records, run folders and generated sets made
+    before it keep their hashes, since the default is what they ran with."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "help": help, "omit_default": omit_default}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -216,8 +219,12 @@ def reject_settings(cfg: typing.Mapping | None, where: str) -> None:
 
 
 def resolved(obj: Any) -> dict:
-    """A built config as a plain, JSON-able dict (tuples as lists): what is hashed and stored."""
+    """A built config as a plain, JSON-able dict (tuples as lists): what is hashed and stored.
+    Fields declared ``omit_default`` are left out while at their default (see ``option``)."""
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                    if not (f.metadata.get("omit_default") and getattr(v, f.name) == _default_of(f))}
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
@@ -226,7 +233,15 @@ def resolved(obj: Any) -> dict:
 
     if obj is None:
         return {}
-    return plain(obj if isinstance(obj, dict) else dataclasses.asdict(obj))
+    return plain(obj)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 __all__ = ["ConfigError", "build", "check_range", "coerce", "known_fields", "option", "reject_settings", "resolved"]

@@ -247,6 +247,33 @@ def _recipe(records: list[dict]) -> str:
     return "; ".join(f"{d}: {' | '.join(sorted(v))}" for d, v in sorted(by.items()))
 
 
+def diffusion_budget(records: list[dict]) -> str:
+    """What the diffusion generators of a table started from and spent (issue 13: the header says
+    whether they share one prior and one budget). A diffusion generator is one whose resolved
+    config has optimiser ``steps`` and ``ddim_steps`` (DH-Diff, its ablations, the baselines).
+    Groups of generators with the same (start, steps, sampling steps), ``|``-separated; "" with
+    no diffusion generator."""
+    groups: dict[str, set] = {}
+    for r in records:
+        c = r["config"]
+        g = c.get("generator_cfg") or {}
+        if "ddim_steps" not in g or "steps" not in g:
+            continue
+        if g.get("scale") == "sd":
+            start = f"checkpoint {g.get('sd_path')}"
+        elif isinstance(g.get("prior"), dict):
+            start = f"one tiny prior ({g['prior'].get('steps')} pretraining steps)"
+        else:
+            start = "from scratch"
+        groups.setdefault(f"{start}, {g['steps']} optimiser + {g['ddim_steps']} sampling steps", set()).add(c["generator"])
+    if not groups:
+        return ""
+    parts = [f"{', '.join(sorted(gens))}: {key}" for key, gens in sorted(groups.items())]
+    head = "diffusion generators, same start and budget: " if len(groups) == 1 and \
+        len(next(iter(groups.values()))) > 1 else "diffusion generators: "
+    return head + " | ".join(parts)
+
+
 def _joined(values) -> str:
     return "/".join(str(v) for v in sorted(set(values), key=str))
 
@@ -298,6 +325,9 @@ def build_table(records: list[dict], dataset: str, kind: str, run: str = "",
              f"eval {_joined(r['config']['eval_size'] for r in ds)} px; detector {_recipe(ds)}; "
              f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}); "
              f"{interval_note(kinds)}; pixel metrics exact (not binned)")
+    budget = diffusion_budget(ds)
+    if budget:
+        title += f"; {budget}"
     notes = list(cols.notes)
     if partial:
         left = [c for c in categories if c not in eligible]

@@ -27,8 +27,14 @@ What the shared tiny backbone changes
   objects), and only that window is inpainted. Pixels outside the mask are the normal's own
   (``edit_margin`` 0: the inpainted pixels are pasted inside the mask only).
 * Both embeddings train in the same optimiser steps (one Adam step updates the anomaly, spatial
-  and mask embeddings), so the step budget is the one every diffusion generator gets. No sd
-  scale yet.
+  and mask embeddings), so the step budget is the one every diffusion generator gets.
+* sd scale (``generator_cfg.dhdiff.scale: sd``): the frozen model is the local SD-1.x checkpoint
+  (as in the original, whose LDM is also a latent model); crops go through its VAE, the
+  background blending runs on the latents with the mask max-pooled onto the latent grid, the
+  mask model generates masks drawn as images through the same VAE, and the learned tokens have
+  the U-Net's cross-attention width and follow CLIP's empty-prompt context (or zero tokens with
+  ``text_encoder: learned``). The inpainted window is decoded and pasted inside the mask only, so
+  the background stays the normal image's own pixels.
 * Empty generated masks are re-sampled ``max_retries`` times, then a few-shot mask (flipped or
   turned) is used; both are counted in ``stats()``.
 
@@ -108,7 +114,7 @@ class Embeddings(nn.Module):
 
     def __init__(self, n_defects: int, cfg: AnomalyDiffusionConfig, null: torch.Tensor):
         super().__init__()
-        d = cfg.text_dim
+        d = null.shape[-1]       # text_dim at tiny scale, the U-Net's cross-attention width at sd
         start = null.mean(0)
         self.anomaly = nn.Parameter(start + 0.1 * torch.randn(n_defects, cfg.n_tokens, d))
         self.mask = nn.Parameter(start + 0.1 * torch.randn(n_defects, cfg.mask_tokens, d))
@@ -146,13 +152,14 @@ class AnomalyDiffusion(PriorGenerator):
 
         def loss():
             ims, mks, ds = self._batch(rng)
-            x0, m = to_tensor(ims), torch.from_numpy(np.stack(mks).astype(np.float32))[:, None]
+            x0, m = self.prior.encode(to_tensor(ims)), torch.from_numpy(np.stack(mks).astype(np.float32))[:, None]
             idx = torch.tensor(ds)
             text = self._context(torch.cat([self.emb.anomaly[idx], self.emb.spatial_tokens(m)], dim=1))
-            weight = m + c.background_weight * (1 - m)
+            mz = self.prior.down(m)
+            weight = mz + c.background_weight * (1 - mz)
             li = noise_loss(self.unet, sched, x0, text, gen, weight, {"ctx": None})
-            lm = noise_loss(self.unet, sched, (m * 2 - 1).expand(-1, 3, -1, -1), self._context(self.emb.mask[idx]), gen,
-                            None, {"ctx": None})
+            lm = noise_loss(self.unet, sched, self.prior.encode((m * 2 - 1).expand(-1, 3, -1, -1)),
+                            self._context(self.emb.mask[idx]), gen, None, {"ctx": None})
             return li + lm
 
         self.emb.train()
@@ -184,7 +191,8 @@ class AnomalyDiffusion(PriorGenerator):
         todo = list(range(b))
         for attempt in range(c.max_retries + 1):
             text = self._context(self.emb.mask[d][None].expand(len(todo), -1, -1))
-            ann = self._denoise(torch.randn(len(todo), 3, c.patch_size, c.patch_size, generator=gen), text, gen).mean(1)
+            z = self._denoise(torch.randn(self.prior.shape(len(todo), c.patch_size), generator=gen), text, gen)
+            ann = self.prior.decode(z).mean(1)
             for i, idx in enumerate(todo):
                 masks[idx] = clean_mask(ann[i].numpy(), c.mask_threshold, c.mask_sigma, c.min_blob, None,
                                         c.fill_holes, self._stats)
@@ -220,14 +228,18 @@ class AnomalyDiffusion(PriorGenerator):
 
     @torch.no_grad()
     def inpaint(self, known: torch.Tensor, mask: torch.Tensor, d: int, gen: torch.Generator) -> torch.Tensor:
-        """Paint defect ``d`` into ``known`` ([B, 3, P, P] in [-1, 1]) inside ``mask`` ([B, 1, P, P])."""
+        """Paint defect ``d`` into ``known`` ([B, 3, P, P] in [-1, 1]) inside ``mask`` ([B, 1, P, P]).
+        The blending runs in the prior's model space (at sd scale on latents, with the mask
+        max-pooled onto the latent grid); the result is decoded to pixels."""
         c = self.config
         b = len(known)
         tokens = torch.cat([self.emb.anomaly[d][None].expand(b, -1, -1), self.emb.spatial_tokens(mask)], dim=1)
         text = self._context(tokens)
         lo = self.prior.null.shape[0]
         attn_ctx = {"mask": mask, "tokens": (lo, lo + c.n_tokens), "strength": c.reweight, "size": tuple(known.shape[-2:])}
-        return self._denoise(torch.randn(known.shape, generator=gen), text, gen, known, mask, attn_ctx)
+        zk = self.prior.encode(known)
+        z = self._denoise(torch.randn(zk.shape, generator=gen), text, gen, zk, self.prior.down(mask), attn_ctx)
+        return self.prior.decode(z)
 
     def _place(self, mk: np.ndarray, rng: np.random.Generator):
         """(normal index, y0, x0, window mask) with the mask on the foreground (objects)."""

@@ -25,6 +25,11 @@ The prior
   and is trained once for the four generators; a file lock keeps concurrent cells from training
   it twice. Without a work_dir (tests) it is trained in memory every fit.
 
+sd scale (``generator_cfg.dhdiff.scale: sd``): the local SD-1.x checkpoint is the prior
+(``load_sd_prior``: its U-Net, frozen VAE and scheduler; the null context is CLIP's empty prompt,
+or zero tokens with ``text_encoder: learned``). Generators go through ``Prior.encode`` /
+``decode`` / ``down`` / ``shape``, the identity at tiny scale, so the tiny path is unchanged.
+
 Settings in one place: the baselines inherit the backbone and the budget (``prior``,
 ``steps``, ``batch_size``, ``lr``, ``warmup``, ``lr_schedule``, ``ddim_steps``,
 ``sample_batch``; ``INHERITED``) from ``generator_cfg.dhdiff`` (resolved, quick YAML
@@ -49,7 +54,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from benchmark.schema import ConfigError, build, option
+from benchmark.schema import ConfigError, build, option, resolved
 
 from . import common
 from .base import FitData, Generator
@@ -58,7 +63,8 @@ PRIOR_VERSION = 1
 BACKBONE_FIELDS = ("patch_size", "widths", "attn_levels", "layers_per_block", "heads", "text_dim",
                    "num_train_timesteps", "beta_schedule", "prediction_type")
 BUDGET_FIELDS = ("steps", "batch_size", "lr", "warmup", "lr_schedule", "ddim_steps", "sample_batch")
-INHERITED = BACKBONE_FIELDS + BUDGET_FIELDS   # + prior: from generator_cfg.dhdiff
+SD_FIELDS = ("scale", "sd_path", "text_encoder", "clip_path")   # inherited at sd scale only
+INHERITED = BACKBONE_FIELDS + BUDGET_FIELDS   # + prior (tiny) / SD_FIELDS (sd): from generator_cfg.dhdiff
 
 
 @dataclass
@@ -96,6 +102,13 @@ class DiffusionConfig:
     lr_schedule: str = option("cosine", choices=("constant", "cosine"))
     ddim_steps: int = option(8, ge=1, help="sampling steps (U-Net calls per sample)")
     sample_batch: int = option(60, ge=1)
+    # --- sd scale: a local SD-1.x checkpoint is the prior (inherited from generator_cfg.dhdiff) ---
+    scale: str = option("tiny", choices=("tiny", "sd"), omit_default=True,
+                        help="tiny: the shared pixel-space prior; sd: latent space, sd_path's U-Net + VAE")
+    sd_path: str | None = option(None, omit_default=True)
+    text_encoder: str = option("auto", choices=("auto", "clip", "learned"), omit_default=True,
+                               help="sd: the null context from CLIP (auto/clip) or prior.n_tokens zeros (learned)")
+    clip_path: str | None = option(None, omit_default=True)
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
@@ -103,6 +116,11 @@ class DiffusionConfig:
         if len(self.attn_levels) != len(self.widths):
             raise ConfigError(f"attn_levels has {len(self.attn_levels)} entries, widths {len(self.widths)}; "
                               f"they must match")
+        if self.scale == "sd" and not self.sd_path:
+            raise ConfigError("sd_path: scale 'sd' needs a local Stable-Diffusion-1.x folder")
+        if self.scale == "tiny" and (self.sd_path or self.clip_path or self.text_encoder != "auto"):
+            raise ConfigError("scale: sd_path / clip_path / text_encoder are sd-scale settings; at tiny scale the "
+                              "baselines condition on the shared prior's learned null tokens")
 
 
 def backbone_of(cfg) -> dict:
@@ -114,12 +132,10 @@ def inherited(base: Mapping | None, where: str) -> dict:
     """The INHERITED fields (and ``prior``) of the resolved ``generator_cfg.dhdiff`` ``base``."""
     from generators.dhdiff.config import resolve
 
-    base = dict(base or {})
-    if base.get("scale", "tiny") != "tiny":
-        raise ConfigError(f"{where}.scale: the diffusion baselines run on the tiny backbone only, "
-                          f"generator_cfg.dhdiff.scale is {base['scale']!r}")
-    dh = resolve(base, "generator_cfg.dhdiff")
+    dh = resolve(dict(base or {}), "generator_cfg.dhdiff")
     out = {k: getattr(dh, k) for k in INHERITED}
+    if dh.scale == "sd":
+        out.update({k: getattr(dh, k) for k in SD_FIELDS})
     if getattr(dh, "prior", None) is not None:
         out["prior"] = asdict(dh.prior)
     return out
@@ -221,15 +237,53 @@ def optimise(params, loss_fn, steps: int, lr: float, warmup: int, schedule: str)
 
 @dataclass
 class Prior:
-    """A pretrained prior: U-Net, null tokens [n_tokens, text_dim], noise schedule."""
+    """A pretrained prior: U-Net, null tokens [n_tokens, text_dim], noise schedule, and (sd
+    scale) the frozen VAE between image pixels and the U-Net's latent space.
+
+    Generators work on ``patch_size`` pixel crops in [-1, 1] and go through ``encode`` /
+    ``decode`` / ``down`` / ``shape`` for everything the U-Net sees; at tiny scale these are the
+    identity (pixel space), so the tiny path draws and computes exactly what it did before."""
 
     unet: UNet2DConditionModel
     null: torch.Tensor
     scheduler: DDPMScheduler
     key: str
     loss_history: list[float]
-    source: str          # "trained" | "disk"
+    source: str          # "trained" | "disk" | "checkpoint" (sd scale)
     path: Path | None = None
+    vae: object | None = None
+
+    @property
+    def factor(self) -> int:
+        """Pixels per model-space cell (1 in pixel space)."""
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def channels(self) -> int:
+        return self.unet.config.in_channels
+
+    def shape(self, b: int, side: int) -> tuple[int, int, int, int]:
+        """Model-space shape of ``b`` crops of ``side`` pixels (for noise drawn from scratch)."""
+        return (b, self.channels, side // self.factor, side // self.factor)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] crops [B, 3, P, P] -> model space (the VAE posterior's mode, scaled)."""
+        if self.vae is None:
+            return x
+        return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Model space -> pixels (about [-1, 1]; not clamped, callers clamp where they did)."""
+        if self.vae is None:
+            return z
+        return self.vae.decode(z / self.vae.config.scaling_factor).sample
+
+    def down(self, m: torch.Tensor) -> torch.Tensor:
+        """[B, 1, P, P] masks/weights onto the model-space grid: a cell counts as much as its most
+        masked pixel (max pooling), so a latent cell touching the defect is generated."""
+        return m if self.factor == 1 else F.max_pool2d(m, self.factor)
 
 
 def prior_key(backbone: Mapping, cfg: PriorConfig, normals: list[np.ndarray], seed: int) -> str:
@@ -298,6 +352,38 @@ def load_prior(backbone: Mapping, cfg: PriorConfig, data: FitData, seed: int) ->
     return Prior(unet, null, scheduler, key, hist, "trained", path)
 
 
+def load_sd_prior(cfg: "DiffusionConfig") -> Prior:
+    """sd scale: the local SD-1.x checkpoint is the prior (a fresh U-Net each call, fine-tuned in
+    place by the caller; the VAE frozen). Its null context is the CLIP embedding of the empty
+    prompt (SD's unconditional context) from sd_path/text_encoder or clip_path, or with
+    ``text_encoder: learned`` ``prior.n_tokens`` zero vectors (no CLIP needed)."""
+    from diffusers import AutoencoderKL
+
+    from generators.dhdiff.model import _clip_source, _sd_dir
+
+    path = _sd_dir(cfg)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True, low_cpu_mem_usage=False)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True,
+                                        low_cpu_mem_usage=False).requires_grad_(False).eval()
+    scheduler = (DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+                 if (path / "scheduler").is_dir() else make_scheduler(backbone_of(cfg)))
+    if scheduler.config.clip_sample:      # latents span about +-4: never clip them to [-1, 1]
+        scheduler = DDPMScheduler.from_config(scheduler.config, clip_sample=False)
+    dim = unet.config.cross_attention_dim
+    clip = _clip_source(cfg)
+    if clip is None:
+        null = torch.zeros(cfg.prior.n_tokens, dim)
+    else:
+        from generators.dhdiff.prompt import ClipPromptEncoder
+
+        enc = ClipPromptEncoder(clip)
+        if enc.dim != dim:
+            raise ValueError(f"diffusion baselines: CLIP at {clip!r} gives {enc.dim}-d text, the U-Net wants {dim}")
+        null = enc.embed([""])[0]
+    key = hashlib.sha256(json.dumps({"sd_path": str(path.resolve()), "clip": clip}).encode()).hexdigest()[:20]
+    return Prior(unet.eval(), null, scheduler, key, [], "checkpoint", path, vae)
+
+
 # ---------------------------------------------------------------------------- the generators
 
 
@@ -356,7 +442,13 @@ class PriorGenerator(Generator):
         base = cfg.pop("base", None)
         if base is not None and not isinstance(base, Mapping):
             raise ConfigError(f"{where}.base: expected the generator_cfg.dhdiff mapping, got {base!r}")
-        return build(cls.config_class, {**inherited(base, f"{where}.base"), **cfg}, where)
+        shared = inherited(base, f"{where}.base")
+        # a tiny column beside sd ones; without ``base`` (a cell rebuilding from its own resolved
+        # dict, which holds every field) there is nothing to differ from
+        if base is not None and "scale" in cfg and cfg["scale"] != shared.get("scale", "tiny"):
+            raise ConfigError(f"{where}.scale: {cfg['scale']!r} differs from generator_cfg.dhdiff.scale "
+                              f"{shared.get('scale', 'tiny')!r}; every diffusion generator runs at one scale")
+        return build(cls.config_class, {**shared, **cfg}, where)
 
     def __init__(self, **cfg):
         super().__init__(**cfg)
@@ -366,7 +458,7 @@ class PriorGenerator(Generator):
         self._stats: dict = {}
 
     def cache_token(self) -> dict:
-        return {"version": self.version, "prior_version": PRIOR_VERSION, "config": asdict(self.config)}
+        return {"version": self.version, "prior_version": PRIOR_VERSION, "config": resolved(self.config)}
 
     def stats(self) -> dict:
         return dict(self._stats)
@@ -383,7 +475,14 @@ class PriorGenerator(Generator):
             raise ValueError(f"{self._name()}: patch_size {self.config.patch_size} exceeds the images' side {side}")
         seed = int(rng.integers(2**63))
         self.data, self._fg, self._stats = data, {}, {}
-        self.prior = load_prior(backbone_of(self.config), self.config.prior, data, seed)
+        if self.config.scale == "sd":
+            self.prior = load_sd_prior(self.config)
+            cell = self.prior.factor * 2 ** (len(self.prior.unet.config.block_out_channels) - 1)
+            if self.config.patch_size % cell:
+                raise ValueError(f"{self._name()}: patch_size {self.config.patch_size} must be a multiple of {cell} "
+                                 f"at sd scale (VAE factor {self.prior.factor} x the U-Net's downsampling)")
+        else:
+            self.prior = load_prior(backbone_of(self.config), self.config.prior, data, seed)
         return seed
 
     def _check_fitted(self) -> None:
@@ -416,5 +515,5 @@ def resize_mask_tokens(mask: torch.Tensor, n: int, size: tuple[int, int]) -> tor
 
 
 __all__ = ["PriorConfig", "DiffusionConfig", "Prior", "PriorGenerator", "BACKBONE_FIELDS", "INHERITED",
-           "backbone_of", "inherited", "build_unet", "load_prior", "prior_key", "prior_path", "train_prior",
+           "backbone_of", "inherited", "build_unet", "load_prior", "load_sd_prior", "prior_key", "prior_path", "train_prior",
            "make_scheduler", "ddim", "noise_loss", "target", "optimise", "set_processors", "PassProcessor"]

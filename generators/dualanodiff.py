@@ -32,7 +32,12 @@ What the shared tiny backbone changes
 * Patch mode: the branches are ``patch_size`` crops around the few-shot defects; a generated
   (whole patch, mask) is composited 1:1 into a normal image on the foreground, blended only
   inside the mask dilated by ``dilate`` (``edit_margin`` = 2 * dilate), as DH-Diff does. The
-  original's background-compensation module is not built. No sd scale yet.
+  original's background-compensation module is not built.
+* sd scale (``generator_cfg.dhdiff.scale: sd``): the base model is the local SD-1.x checkpoint,
+  as in the original (SD-1.5 + LoRA); both branches are VAE latents of the crops, denoised
+  together and decoded before the part branch is segmented; the learned tokens have the U-Net's
+  cross-attention width and follow CLIP's empty-prompt context (or zero tokens with
+  ``text_encoder: learned``), where the original fine-tunes a CLIP prompt.
 * Empty masks are re-sampled ``max_retries`` times, then thresholded at the quantile that gives
   a few-shot defect's area in the patch ("top-k fallback"); counted in ``stats()``.
 
@@ -210,7 +215,7 @@ class DualAnoDiff(PriorGenerator):
             torch.manual_seed(int(rng.integers(2**63)))
             lora = add_lora(self.unet, c.rank, c.lora_conv)
             start = self.prior.null.mean(0)
-            self.tokens = nn.Parameter(start + 0.1 * torch.randn(2, len(self.defects), c.n_tokens, c.text_dim))
+            self.tokens = nn.Parameter(start + 0.1 * torch.randn(2, len(self.defects), c.n_tokens, start.shape[-1]))
         set_processors(self.unet, lambda m: BranchAttention(c.share_attention), lambda m: PassProcessor())
         self.key = torch.tensor(c.part_background, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
         self.areas = {d: [int(np.asarray(a.mask).sum()) for a in data.anomalies if a.defect_type == d] for d in self.defects}
@@ -219,7 +224,8 @@ class DualAnoDiff(PriorGenerator):
 
         def loss():
             x, m, ds = self._batch(rng)
-            part = self.part(x, m)
+            part = self.prior.encode(self.part(x, m))
+            x = self.prior.encode(x)
             t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen)
             ew, ep = torch.randn(x.shape, generator=gen), torch.randn(x.shape, generator=gen)
             zt = torch.cat([sched.add_noise(x, ew, t), sched.add_noise(part, ep, t)])
@@ -267,11 +273,11 @@ class DualAnoDiff(PriorGenerator):
         """Both branches from pure noise: (whole [b, 3, P, P], part [b, 3, P, P]) in [-1, 1]."""
         P = self.config.patch_size
         sched, ts = ddim(self.prior.scheduler, self.config.ddim_steps)
-        z = torch.randn(2 * b, 3, P, P, generator=gen)
+        z = torch.randn(self.prior.shape(2 * b, P), generator=gen)
         idx = torch.full((b,), d)
         for t in ts:
             z = sched.step(self.forward(z, t.expand(2 * b), idx), t, z).prev_sample
-        z = z.clamp(-1, 1)
+        z = self.prior.decode(z).clamp(-1, 1)
         return z[:b], z[b:]
 
     def distance(self, part: torch.Tensor) -> np.ndarray:

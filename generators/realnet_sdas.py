@@ -22,7 +22,12 @@ What the shared tiny backbone changes
   ``generators.common.perlin_2d`` with 2**k lattice periods per axis, k in
   [``perlin_min``, ``perlin_max``), thresholded at ``perlin_threshold`` (DRAEM's 0.5), not rotated;
   an empty mask is re-drawn (counted in ``stats()``). Pixels outside M are the normal's own
-  (``edit_margin`` 0). No sd scale yet.
+  (``edit_margin`` 0).
+* sd scale (``generator_cfg.dhdiff.scale: sd``): the model is the local SD-1.x checkpoint
+  (U-Net fine-tuned on VAE latents of the normal crops with the unconditional context), not
+  guided-diffusion's pixel-space ImageNet model; SDAS runs on the latents and the sample is
+  decoded before the blend. ``patch_size`` (256 in the sd preset) must be a multiple of the
+  latent grid.
 
 Seeds: every weight init and every draw comes from fit's / generate's ``rng``.
 """
@@ -86,7 +91,7 @@ class RealNetSDAS(PriorGenerator):
         normals = data.normals
 
         def loss():
-            x0 = to_tensor(normal_crops(normals, c.patch_size, c.batch_size, rng))
+            x0 = self.prior.encode(to_tensor(normal_crops(normals, c.patch_size, c.batch_size, rng)))
             return noise_loss(self.unet, self.prior.scheduler, x0, null[None].expand(len(x0), -1, -1), gen)
 
         self.unet.train()
@@ -97,17 +102,18 @@ class RealNetSDAS(PriorGenerator):
     @torch.no_grad()
     def sdas(self, s: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         """SDAS samples [len(s), 3, P, P] in [-1, 1]: ancestral sampling (DDIM, eta 1) with each
-        reverse step's noise scaled by sqrt(1 + s_i)."""
+        reverse step's noise scaled by sqrt(1 + s_i), in the prior's model space (SD latents at
+        sd scale, decoded at the end)."""
         P, b = self.config.patch_size, len(s)
         sched, ts = ddim(self.prior.scheduler, self.config.ddim_steps)
         scale = torch.from_numpy(np.sqrt(1 + np.asarray(s, np.float64))).float().view(b, 1, 1, 1)
         text = self._context(torch.zeros(b, 0, self.prior.null.shape[1]))
-        z = torch.randn(b, 3, P, P, generator=gen)
+        z = torch.randn(self.prior.shape(b, P), generator=gen)
         for t in ts:
             pred = self.unet(z, t.expand(b), encoder_hidden_states=text).sample
             noise = torch.randn(z.shape, generator=gen) * scale
             z = sched.step(pred, t, z, eta=1.0, variance_noise=noise).prev_sample
-        return z.clamp(-1, 1)
+        return self.prior.decode(z).clamp(-1, 1)
 
     def perlin_mask(self, j: int, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
         """(y0, x0, window mask): a thresholded Perlin blob in a window on the foreground."""

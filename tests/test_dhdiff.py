@@ -19,7 +19,7 @@ from generators.dhdiff.generator import lr_factor
 from generators.dhdiff.model import DHDiffModel
 from generators.dhdiff.patches import clean_mask, composite, raw_mask
 from generators.dhdiff.processors import DDAProcessor, DHContext, SSMProcessor
-from tests.toys import toy_fitdata
+from tests.toys import tiny_sd, toy_fitdata
 
 # a very small tiny-scale model: 16 px patches, attention on 16x16 and 8x8 grids
 SMALL = dict(widths=(8, 16), attn_levels=(True, True), heads=2, text_dim=16, patch_size=16,
@@ -298,20 +298,8 @@ def test_composite_changes_only_the_dilated_mask():
     assert (img[mask] < normal[mask]).mean() > 0.9
 
 
-def _tiny_sd(path):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                         attention_head_dim=2, norm_num_groups=8).save_pretrained(path / "unet")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                  norm_num_groups=8, sample_size=16).save_pretrained(path / "vae")
-    DDPMScheduler(beta_schedule="scaled_linear").save_pretrained(path / "scheduler")
-
-
 def test_sd_scale_from_a_local_folder(tmp_path):
-    _tiny_sd(tmp_path)
+    tiny_sd(tmp_path)
     gen = create_generator("dhdiff", scale="sd", sd_path=str(tmp_path), text_encoder="learned", resolution=16, steps=2,
                            batch_size=2, ddim_steps=2, sample_batch=2)
     data = _toy_data()
@@ -538,7 +526,7 @@ def test_few_step_ddim_starts_from_pure_noise():
 def test_sd_scale_scheduler_and_text_encoder(tmp_path):
     """Bugs: a missing scheduler/ fell back to clip_sample=True (latents clipped to +-1), and the
     checkpoint's text encoder was dropped unless clip_path was set."""
-    _tiny_sd(tmp_path)
+    tiny_sd(tmp_path)
     import shutil
     shutil.rmtree(tmp_path / "scheduler")
     model = DHDiffModel(resolve({"scale": "sd", "sd_path": str(tmp_path), "text_encoder": "learned"}),

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.schema import ConfigError, resolved
 from generators import FitData, create_generator, get_generator_class
 from generators import diffusion_prior as dp
 from generators.dhdiff.config import DHDiffConfig, resolve
 from generators.diffusion_prior import to_tensor, to_uint8
-from tests.toys import toy_fitdata
+from tests.toys import tiny_sd, toy_fitdata
 
 SIZE = 48
 TINY = dict(widths=[8, 16], attn_levels=[True, True], patch_size=16, text_dim=16, heads=2,
@@ -275,3 +276,74 @@ def test_settings_come_from_generator_cfg_dhdiff():
     plain = resolve({})
     assert type(plain) is DHDiffConfig and "prior" not in asdict(plain)
     assert "prior" not in asdict(create_generator("dhdiff").config)
+
+
+# ------------------------------------------------------------------------------------ sd scale
+
+SD_OWN = dict(patch_size=16, steps=2, batch_size=2, ddim_steps=2, sample_batch=4)
+
+
+def _sd_base(path, **kw) -> dict:
+    """generator_cfg.dhdiff at sd scale on the tiny SD folder (no CLIP: learned null tokens)."""
+    return {"scale": "sd", "sd_path": str(tiny_sd(path)), "text_encoder": "learned", **kw}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_sd_scale_runs_in_the_checkpoints_latent_space(name, tmp_path):
+    """At sd scale the prior is the local checkpoint: its U-Net on VAE latents (4 channels, half
+    the side here), its noise schedule; pairs come out at image size with binary masks, the
+    same for the same seed."""
+    base = _sd_base(tmp_path / "sd")
+    gen = create_generator(name, base=base, **SD_OWN)
+    assert gen.config.scale == "sd" and resolved(gen.config)["sd_path"] == base["sd_path"]
+    gen.fit(_toy(), np.random.default_rng(0))
+    assert gen.prior.source == "checkpoint" and gen.prior.vae is not None
+    assert gen.prior.shape(2, 16) == (2, 4, 8, 8) and gen.prior.scheduler.config.beta_schedule == "scaled_linear"
+    assert gen.prior.null.shape == (gen.config.prior.n_tokens, 16)        # the U-Net's cross-attention width
+    pairs = gen.generate(3, "stain", np.random.default_rng(1))
+    for p in pairs:
+        assert p.image.shape == (SIZE, SIZE, 3) and p.mask.shape == (SIZE, SIZE) and p.mask.dtype == bool
+        assert p.mask.any()
+    again = create_generator(name, base=base, **SD_OWN)
+    again.fit(_toy(), np.random.default_rng(0))
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+               for a, b in zip(pairs, again.generate(3, "stain", np.random.default_rng(1))))
+
+
+def test_sd_anomalydiffusion_keeps_the_checkpoint_frozen_and_the_background(tmp_path):
+    """AnomalyDiffusion at sd: the checkpoint's U-Net is bit-identical after fitting, and the
+    decoded latents are pasted inside the mask only (outside it, the normal's own pixels)."""
+    from diffusers import UNet2DConditionModel
+
+    base = _sd_base(tmp_path / "sd")
+    gen = create_generator("anomalydiffusion", base=base, **SD_OWN)
+    gen.fit(_toy(), np.random.default_rng(0))
+    saved = UNet2DConditionModel.from_pretrained(tmp_path / "sd", subfolder="unet").state_dict()
+    now = gen.unet.state_dict()
+    assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
+    for p in gen.generate(4, "scratch", np.random.default_rng(2)):
+        assert np.array_equal(p.image[~p.mask], gen.data.normals[p.source][~p.mask])
+
+
+def test_sd_scale_settings_are_checked(tmp_path):
+    base = _sd_base(tmp_path / "sd")
+    with pytest.raises(ValueError, match="patch_size 18 must be a multiple of 4"):
+        create_generator("realnet_sdas", base=base, **{**SD_OWN, "patch_size": 18}).fit(_toy(), np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="every diffusion generator runs at one scale"):
+        create_generator("dualanodiff", base=base, scale="tiny")       # a tiny column beside sd ones
+    with pytest.raises(ConfigError, match="sd-scale settings"):
+        create_generator("dualanodiff", sd_path=str(tmp_path / "sd"))  # sd_path at tiny scale
+    no_clip = create_generator("realnet_sdas", base={**base, "text_encoder": "auto"}, **SD_OWN)
+    with pytest.raises(ValueError, match="text_encoder"):               # no text_encoder/ and no clip_path
+        no_clip.fit(_toy(), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="sd_path"):
+        create_generator("anomalydiffusion", base={**base, "sd_path": str(tmp_path / "nope")},
+                         **SD_OWN).fit(_toy(), np.random.default_rng(0))
+
+
+def test_tiny_configs_keep_their_hash():
+    """The sd fields are left out of a tiny config's resolved dict (``omit_default``), so every
+    tiny record, run folder and generated set made before they existed keeps its hash."""
+    for name in BASELINES:
+        cfg = resolved(create_generator(name).config)
+        assert not {"scale", "sd_path", "text_encoder", "clip_path"} & cfg.keys(), name

@@ -133,6 +133,23 @@ def test_execution_fields_and_absent_fields_do_not_split_columns():
     assert sorted(tables.columns(recs, "ds").records) == ["g [config 1]", "g [config 2]"]
 
 
+def test_header_says_whether_the_diffusion_generators_share_start_and_budget():
+    prior = {"prior": {"steps": 400}, "steps": 180, "ddim_steps": 8}
+    recs = [make_record("a", g, cfg={"generator_cfg": dict(prior)}) for g in ("dhdiff", "anomalydiffusion")]
+    recs.append(make_record("a", "cutpaste"))                 # not a diffusion generator: not listed
+    title = tables.build_table(recs, "ds", "auroc").title
+    assert title.endswith("; diffusion generators, same start and budget: anomalydiffusion, dhdiff: "
+                          "one tiny prior (400 pretraining steps), 180 optimiser + 8 sampling steps")
+    recs[0] = make_record("a", "dhdiff", cfg={"generator_cfg": {"steps": 180, "ddim_steps": 8}})   # from scratch
+    recs.append(make_record("a", "realnet_sdas", cfg={"generator_cfg": {"scale": "sd", "sd_path": "/m/sd15",
+                                                                          "steps": 180, "ddim_steps": 8}}))
+    assert tables.diffusion_budget(recs) == (
+        "diffusion generators: realnet_sdas: checkpoint /m/sd15, 180 optimiser + 8 sampling steps | dhdiff: from "
+        "scratch, 180 optimiser + 8 sampling steps | anomalydiffusion: one tiny prior (400 pretraining steps), 180 "
+        "optimiser + 8 sampling steps")
+    assert tables.diffusion_budget([make_record("a", "cutpaste")]) == ""
+
+
 def test_write_tables_kinds(tmp_path):
     out = tables.write_tables(grid(), tmp_path, run="r")
     assert sorted(out) == ["ds_ap", "ds_aupro", "ds_auroc", "ds_f1max"]  # no sPRO without LOCO metrics

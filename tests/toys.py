@@ -36,3 +36,18 @@ def toy_fitdata(work_dir=None, seed: int = 0, size: int = 48, anomalies: bool = 
             pairs.append(Pair(im, m, d))
     return FitData("toy", normals, pairs if anomalies else [], ["scratch", "stain"], work_dir=work_dir,
                    image_size=size)
+
+
+def tiny_sd(path):
+    """A Stable-Diffusion-1.x folder layout (unet/, vae/, scheduler/) with tiny random weights:
+    latent factor 2, one U-Net downsampling, 16-d cross-attention. No text_encoder/."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                         attention_head_dim=2, norm_num_groups=8).save_pretrained(path / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                  norm_num_groups=8, sample_size=16).save_pretrained(path / "vae")
+    DDPMScheduler(beta_schedule="scaled_linear").save_pretrained(path / "scheduler")
+    return path

@@ -109,9 +109,11 @@ class DHDiffPriorConfig(DHDiffConfig):
             raise ConfigError("prior: the shared prior is a tiny-scale model; at sd scale the checkpoint is the prior")
 
 
-# Paper-scale preset of the sd scale (the paper's optimiser, batch and steps).
+# Paper-scale preset of the sd scale (the paper's optimiser, batch and steps). DH-Diff runs full
+# mode there; ``patch_size`` is the crop side of the diffusion baselines, which inherit it (256 px
+# crops are 32 x 32 SD latents, the smallest size SD-1.x's U-Net handles without blank borders).
 SD_PRESET: dict = dict(scale="sd", steps=2000, batch_size=32, lr=1e-4, ddim_steps=50,
-                       sample_batch=8, beta_schedule="scaled_linear", resolution=512)
+                       sample_batch=8, beta_schedule="scaled_linear", resolution=512, patch_size=256)
 
 
 def quick_values() -> dict:

@@ -80,6 +80,14 @@ class ClipPromptEncoder(PromptEncoder):
         self.dim = self.model.config.hidden_size
 
     @torch.no_grad()
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """[len(prompts), max_length, dim] hidden states, padded as SD pads (``""`` gives SD's
+        unconditional context)."""
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        return self.model(tok.input_ids.to(next(self.model.parameters()).device))[0]
+
+    @torch.no_grad()
     def encode(self, categories, defects):
         prompts = [TEMPLATE.format(category=c.replace("_", " "), defect=d.replace("_", " "))
                    for c, d in zip(categories, defects)]
