@@ -106,6 +106,11 @@ def plan(cfg: RunConfig, record_run: bool = True) -> Plan:
         missing = check_weights(components[("detector", det)], f"detector_cfg.{det}")
         if missing:
             raise ConfigError(missing)
+    for gen in cfg.generators:  # so do local checkpoints a generator names (sd scale, CLIP)
+        check = getattr(_component_class("generator", gen), "missing_files", None) if gen != NO_GENERATOR else None
+        missing = check(components[("generator", gen)], f"generator_cfg.{gen}") if check else None
+        if missing:
+            raise ConfigError(missing)
     cells: list[CellConfig] = []
     skipped: list[str] = []
     seen: set[str] = set()

@@ -6,6 +6,7 @@ knowing anything about the runner, the cache or the detectors.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -72,6 +73,13 @@ class Generator(ABC):
         if cls.config_class is None:
             return reject_settings(cfg, where)
         return build(cls.config_class, cfg, where)
+
+    @classmethod
+    def missing_files(cls, resolved_cfg: Mapping, where: str) -> str | None:
+        """One line naming a local file or folder the resolved settings need and lack (a
+        checkpoint, a text encoder), or None. The runner asks at plan time, so a wrong path stops
+        the run before any work instead of failing every cell."""
+        return None
 
     @classmethod
     def own_settings(cls, name: str, section: dict) -> dict:

@@ -429,6 +429,12 @@ class PriorGenerator(Generator):
                          "sample_batch": 4}
 
     @classmethod
+    def missing_files(cls, resolved_cfg: Mapping, where: str) -> str | None:
+        from generators.dhdiff.config import missing_local_files
+
+        return missing_local_files(resolved_cfg, where)
+
+    @classmethod
     def own_settings(cls, name: str, section: Mapping) -> dict:
         own = dict(section.get(name) or {})
         own.setdefault("base", dict(section.get("dhdiff") or {}))

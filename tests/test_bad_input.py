@@ -86,6 +86,12 @@ CONFIG_CASES = [
     (["--run", "a/b"], ["run", "a/b"]),
     (["--set", "executor=slurm"], ["executor", "slurm"]),
     (["--set", "ray.num_gpus=-1"], ["ray.num_gpus", "-1"]),
+    (["--generators", "realnet_sdas", "--set", "generator_cfg.dhdiff={scale: sd, sd_path: /no/sd15}"],
+     ["generator_cfg.realnet_sdas.sd_path", "'/no/sd15'", "unet/ and vae/"]),
+    (["--generators", "dhdiff", "--set", "generator_cfg.dhdiff={scale: sd, sd_path: /no/sd15}"],
+     ["generator_cfg.dhdiff.sd_path", "'/no/sd15'"]),
+    (["--generators", "dhdiff", "--set", "generator_cfg.dhdiff.clip_path=/no/clip"],
+     ["generator_cfg.dhdiff.clip_path", "'/no/clip'"]),
 ]
 
 
@@ -332,3 +338,16 @@ def test_record_with_an_unknown_field_is_rejected(tmp_path, data_root, capsys):
     p, recs = execute(cfg)
     assert [path.name for path, _ in p.rejected] == [f.name] and "sneaky" in p.rejected[0][1]
     assert len(recs) == 1 and recs[0]["status"] == "ok"
+
+
+def test_sd_folder_without_text_encoder_is_named_before_work(tmp_path, data_root, capsys):
+    """A real-looking SD folder (unet/, vae/) but no text_encoder/ and no clip_path, with the
+    default text_encoder (auto): named at plan time, not in every cell."""
+    from tests.toys import tiny_sd
+
+    sd = tiny_sd(tmp_path / "sd")
+    argv = _args(tmp_path, data_root, "--generators", "anomalydiffusion",
+                 "--set", f"generator_cfg.dhdiff={{scale: sd, sd_path: {sd}, patch_size: 16}}")
+    assert _exit_code(argv) == 2
+    _one_error_line(capsys, "generator_cfg.anomalydiffusion.text_encoder", "text_encoder: learned")
+    assert not (tmp_path / "runs" / "t" / "cells").exists()

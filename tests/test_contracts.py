@@ -65,6 +65,8 @@ def test_generator_config_resolves_idempotently_and_names_unknown_keys(name):
     assert resolved(cls.resolve_config(first, where)) == first  # what the record stores rebuilds itself
     with pytest.raises(ConfigError, match=rf"{where}.*'no_such_key'"):
         cls.resolve_config({"no_such_key": 1}, where)
+    # the defaults need no local file (a generator naming a checkpoint by default could not run offline)
+    assert cls.missing_files(resolved(cls.resolve_config({}, where)), where) is None
 
 
 @pytest.mark.parametrize("name", list_generators())

@@ -152,4 +152,29 @@ def inherit(base: Mapping | None, own: Mapping | None, where: str) -> dict:
     return {**base, **own}
 
 
-__all__ = ["DHDiffConfig", "DHDiffPriorConfig", "SD_PRESET", "quick_values", "resolve", "inherit"]
+def missing_local_files(cfg: Mapping, where: str) -> str | None:
+    """One line naming what a resolved DH-Diff-family config (DH-Diff, its ablations, the
+    diffusion baselines) needs on disk and lacks, or None. Asked at plan time, so a wrong
+    ``sd_path`` stops the run before any work instead of failing every cell at fit."""
+    import importlib.util
+
+    scale, kind = cfg.get("scale", "tiny"), cfg.get("text_encoder", "auto")
+    sd, clip = cfg.get("sd_path"), cfg.get("clip_path")
+    if scale == "sd" and (not sd or not (Path(sd) / "unet").is_dir() or not (Path(sd) / "vae").is_dir()):
+        return (f"{where}.sd_path: {sd!r} is not a local Stable-Diffusion-1.x folder with unet/ and vae/ "
+                f"(set under generator_cfg.dhdiff for every diffusion generator; nothing is downloaded)")
+    if kind == "learned" or (kind == "auto" and not clip and scale == "tiny"):
+        return None
+    if clip:
+        if not Path(clip).exists():
+            return f"{where}.clip_path: {clip!r} does not exist"
+    elif not sd or not (Path(sd) / "text_encoder").is_dir():
+        return (f"{where}.text_encoder: {kind!r} needs sd_path/text_encoder/ or clip_path and neither exists; "
+                f"set text_encoder: learned to train token embeddings instead")
+    if importlib.util.find_spec("transformers") is None:
+        return (f"{where}.text_encoder: the CLIP text encoder needs the 'transformers' package, which is not "
+                f"installed; set text_encoder: learned to train token embeddings instead")
+    return None
+
+
+__all__ = ["DHDiffConfig", "DHDiffPriorConfig", "SD_PRESET", "quick_values", "resolve", "inherit", "missing_local_files"]

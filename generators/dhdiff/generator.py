@@ -99,6 +99,12 @@ class DHDiffGenerator(Generator):
     config_class = DHDiffConfig
 
     @classmethod
+    def missing_files(cls, resolved_cfg: Mapping, where: str) -> str | None:
+        from generators.dhdiff.config import missing_local_files
+
+        return missing_local_files(resolved_cfg, where)
+
+    @classmethod
     def own_settings(cls, name: str, section: Mapping) -> dict:
         return variant_cfg(name, section)
 
