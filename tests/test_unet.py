@@ -146,3 +146,25 @@ def test_recipe_options_are_checked():
         create_detector("unet", norm="layer")
     with pytest.raises(ConfigError, match="ema_decay"):
         create_detector("unet", ema_decay=1.0)
+
+
+def test_ensemble_averages_its_members_maps():
+    """ensemble K: member 0 is the single net of the cell seed (the same weights), the others
+    train from their own seeds, and the map is the members' mean probability."""
+    normals, pairs = _data(8)
+    cfg = dict(base_width=4, depth=3, steps=3, batch_size=4, lr=1e-3)
+    one = create_detector("unet", **cfg)
+    one.fit(normals, pairs, DetectorContext("c", seed=3))
+    ens = create_detector("unet", **cfg, ensemble=3)
+    ens.fit(normals, pairs, DetectorContext("c", seed=3))
+    assert len(ens.nets) == 3 and ens.net is ens.nets[0]
+    flat = [torch.cat([q.detach().reshape(-1) for q in n.parameters()]) for n in [one.net] + ens.nets]
+    assert torch.equal(flat[0], flat[1])                       # member 0 = the single net
+    assert not torch.allclose(flat[1], flat[2]) and not torch.allclose(flat[2], flat[3])
+    imgs = normals[:4]
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        mean = torch.stack([n.eval()(x).softmax(1)[:, 1] for n in ens.nets]).mean(0)
+    scores, maps = ens.predict(imgs)
+    assert np.allclose(maps, mean.numpy(), atol=1e-6)
+    assert np.allclose(scores, image_scores(mean, ens.config.pool_size).numpy(), atol=1e-6)
