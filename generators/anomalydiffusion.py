@@ -146,13 +146,14 @@ class AnomalyDiffusion(PriorGenerator):
         self.defects = sorted({a.defect_type for a in data.anomalies})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
-            self.emb = Embeddings(len(self.defects), c, self.prior.null)
+            self.emb = Embeddings(len(self.defects), c, self.prior.null.cpu()).to(self.dev)
         gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
         sched = self.prior.scheduler
 
         def loss():
             ims, mks, ds = self._batch(rng)
-            x0, m = self.prior.encode(to_tensor(ims)), torch.from_numpy(np.stack(mks).astype(np.float32))[:, None]
+            x0 = self.prior.encode(self._dev(to_tensor(ims)))
+            m = self._dev(torch.from_numpy(np.stack(mks).astype(np.float32))[:, None])
             idx = torch.tensor(ds)
             text = self._context(torch.cat([self.emb.anomaly[idx], self.emb.spatial_tokens(m)], dim=1))
             mz = self.prior.down(m)
@@ -191,8 +192,8 @@ class AnomalyDiffusion(PriorGenerator):
         todo = list(range(b))
         for attempt in range(c.max_retries + 1):
             text = self._context(self.emb.mask[d][None].expand(len(todo), -1, -1))
-            z = self._denoise(torch.randn(self.prior.shape(len(todo), c.patch_size), generator=gen), text, gen)
-            ann = self.prior.decode(z).mean(1)
+            z = self._denoise(self._dev(torch.randn(self.prior.shape(len(todo), c.patch_size), generator=gen)), text, gen)
+            ann = self.prior.decode(z).mean(1).cpu()
             for i, idx in enumerate(todo):
                 masks[idx] = clean_mask(ann[i].numpy(), c.mask_threshold, c.mask_sigma, c.min_blob, None,
                                         c.fill_holes, self._stats)
@@ -216,12 +217,12 @@ class AnomalyDiffusion(PriorGenerator):
         sched, ts = ddim(self.prior.scheduler, self.config.ddim_steps)
         stride = sched.config.num_train_timesteps // sched.num_inference_steps
         for t in ts:
-            pred = self.unet(z, t.expand(len(z)), encoder_hidden_states=text,
+            pred = self.unet(z, self._dev(t.expand(len(z))), encoder_hidden_states=text,
                              cross_attention_kwargs={"ctx": attn_ctx}).sample
             z = sched.step(pred, t, z).prev_sample
             if known is not None:
                 t_prev = int(t) - stride
-                bg = (self.prior.scheduler.add_noise(known, torch.randn(known.shape, generator=gen),
+                bg = (self.prior.scheduler.add_noise(known, self._dev(torch.randn(known.shape, generator=gen)),
                                                      torch.full((len(z),), t_prev)) if t_prev >= 0 else known)
                 z = mask * z + (1 - mask) * bg
         return z
@@ -238,7 +239,7 @@ class AnomalyDiffusion(PriorGenerator):
         lo = self.prior.null.shape[0]
         attn_ctx = {"mask": mask, "tokens": (lo, lo + c.n_tokens), "strength": c.reweight, "size": tuple(known.shape[-2:])}
         zk = self.prior.encode(known)
-        z = self._denoise(torch.randn(zk.shape, generator=gen), text, gen, zk, self.prior.down(mask), attn_ctx)
+        z = self._denoise(self._dev(torch.randn(zk.shape, generator=gen)), text, gen, zk, self.prior.down(mask), attn_ctx)
         return self.prior.decode(z)
 
     def _place(self, mk: np.ndarray, rng: np.random.Generator):
@@ -266,8 +267,8 @@ class AnomalyDiffusion(PriorGenerator):
         while len(out) < n:
             b = min(c.sample_batch, n - len(out))
             placed = [self._place(mk, rng) for mk in self.sample_masks(d, b, gen, rng)]
-            known = to_tensor([self.data.normals[j][y0:y0 + P, x0:x0 + P] for j, y0, x0, _ in placed])
-            m = torch.from_numpy(np.stack([p[3] for p in placed]).astype(np.float32))[:, None]
+            known = self._dev(to_tensor([self.data.normals[j][y0:y0 + P, x0:x0 + P] for j, y0, x0, _ in placed]))
+            m = self._dev(torch.from_numpy(np.stack([p[3] for p in placed]).astype(np.float32))[:, None])
             painted = to_uint8(self.inpaint(known, m, d, gen))
             self._stats["samples"] += b
             for (j, y0, x0, wm), patch in zip(placed, painted):

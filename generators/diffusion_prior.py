@@ -176,8 +176,8 @@ def noise_loss(unet, scheduler, x0, text, gen: torch.Generator, weight: torch.Te
                attn_kwargs: dict | None = None) -> torch.Tensor:
     """One diffusion training loss: random t and eps from ``gen``; ``weight`` [B, 1, H, W] weights pixels."""
     b = x0.shape[0]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
-    eps = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(x0.device)
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)   # drawn on the CPU: same seed, same draws anywhere
     pred = unet(scheduler.add_noise(x0, eps, t), t, encoder_hidden_states=text, cross_attention_kwargs=attn_kwargs).sample
     err = (pred - target(scheduler, x0, eps, t)) ** 2
     if weight is None:
@@ -192,7 +192,7 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
-    return ((x.clamp(-1, 1).permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return ((x.detach().cpu().clamp(-1, 1).permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
 def normal_crops(normals: list[np.ndarray], size: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -489,7 +489,18 @@ class PriorGenerator(Generator):
                                  f"at sd scale (VAE factor {self.prior.factor} x the U-Net's downsampling)")
         else:
             self.prior = load_prior(backbone_of(self.config), self.config.prior, data, seed)
+        # FitData.device (the cell's --device): the prior is trained or loaded on the CPU, then
+        # the U-Net, VAE and null tokens move; every random draw stays on CPU generators
+        self.dev = torch.device(getattr(data, "device", None) or "cpu")
+        self.prior.unet.to(self.dev)
+        if self.prior.vae is not None:
+            self.prior.vae.to(self.dev)
+        self.prior.null = self.prior.null.to(self.dev)
         return seed
+
+    def _dev(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (drawn or built on the CPU) on the generator's device."""
+        return x.to(self.dev)
 
     def _check_fitted(self) -> None:
         if self.prior is None or self.data is None:

@@ -215,19 +215,21 @@ class DualAnoDiff(PriorGenerator):
             torch.manual_seed(int(rng.integers(2**63)))
             lora = add_lora(self.unet, c.rank, c.lora_conv)
             start = self.prior.null.mean(0)
-            self.tokens = nn.Parameter(start + 0.1 * torch.randn(2, len(self.defects), c.n_tokens, start.shape[-1]))
+            self.tokens = nn.Parameter(start + 0.1 * self._dev(torch.randn(2, len(self.defects), c.n_tokens, start.shape[-1])))
+        self.unet.to(self.dev)                    # the LoRA layers were built on the CPU
         set_processors(self.unet, lambda m: BranchAttention(c.share_attention), lambda m: PassProcessor())
-        self.key = torch.tensor(c.part_background, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
+        self.key = self._dev(torch.tensor(c.part_background, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1)
         self.areas = {d: [int(np.asarray(a.mask).sum()) for a in data.anomalies if a.defect_type == d] for d in self.defects}
         gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
         sched = self.prior.scheduler
 
         def loss():
             x, m, ds = self._batch(rng)
+            x, m = self._dev(x), self._dev(m)
             part = self.prior.encode(self.part(x, m))
             x = self.prior.encode(x)
-            t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen)
-            ew, ep = torch.randn(x.shape, generator=gen), torch.randn(x.shape, generator=gen)
+            t = self._dev(torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen))
+            ew, ep = self._dev(torch.randn(x.shape, generator=gen)), self._dev(torch.randn(x.shape, generator=gen))
             zt = torch.cat([sched.add_noise(x, ew, t), sched.add_noise(part, ep, t)])
             pred = self.forward(zt, torch.cat([t, t]), torch.tensor(ds))
             return F.mse_loss(pred, torch.cat([target(sched, x, ew, t), target(sched, part, ep, t)]))
@@ -244,7 +246,7 @@ class DualAnoDiff(PriorGenerator):
         if s > 0:      # separable Gaussian, zero outside the crop
             r = max(1, math.ceil(3 * s))
             g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * s * s))
-            g = g / g.sum()
+            g = (g / g.sum()).to(m.device)
             m = F.conv2d(F.conv2d(m, g.view(1, 1, 1, -1), padding=(0, r)), g.view(1, 1, -1, 1), padding=(r, 0))
         return m * x + (1 - m) * self.key
 
@@ -273,16 +275,16 @@ class DualAnoDiff(PriorGenerator):
         """Both branches from pure noise: (whole [b, 3, P, P], part [b, 3, P, P]) in [-1, 1]."""
         P = self.config.patch_size
         sched, ts = ddim(self.prior.scheduler, self.config.ddim_steps)
-        z = torch.randn(self.prior.shape(2 * b, P), generator=gen)
+        z = self._dev(torch.randn(self.prior.shape(2 * b, P), generator=gen))
         idx = torch.full((b,), d)
         for t in ts:
-            z = sched.step(self.forward(z, t.expand(2 * b), idx), t, z).prev_sample
+            z = sched.step(self.forward(z, self._dev(t.expand(2 * b)), idx), t, z).prev_sample
         z = self.prior.decode(z).clamp(-1, 1)
         return z[:b], z[b:]
 
     def distance(self, part: torch.Tensor) -> np.ndarray:
         """[B, P, P] distance of the part branch to the key colour, a fraction of the largest RGB distance."""
-        return (((part - self.key) ** 2).sum(1).sqrt() / (2 * math.sqrt(3))).numpy()
+        return (((part - self.key) ** 2).sum(1).sqrt() / (2 * math.sqrt(3))).cpu().numpy()
 
     def segment(self, part: torch.Tensor) -> list[np.ndarray]:
         """Masks from the part branch: its distance to the key colour (blurred by ``mask_sigma``)

@@ -91,7 +91,7 @@ class RealNetSDAS(PriorGenerator):
         normals = data.normals
 
         def loss():
-            x0 = self.prior.encode(to_tensor(normal_crops(normals, c.patch_size, c.batch_size, rng)))
+            x0 = self.prior.encode(self._dev(to_tensor(normal_crops(normals, c.patch_size, c.batch_size, rng))))
             return noise_loss(self.unet, self.prior.scheduler, x0, null[None].expand(len(x0), -1, -1), gen)
 
         self.unet.train()
@@ -107,11 +107,11 @@ class RealNetSDAS(PriorGenerator):
         P, b = self.config.patch_size, len(s)
         sched, ts = ddim(self.prior.scheduler, self.config.ddim_steps)
         scale = torch.from_numpy(np.sqrt(1 + np.asarray(s, np.float64))).float().view(b, 1, 1, 1)
-        text = self._context(torch.zeros(b, 0, self.prior.null.shape[1]))
-        z = torch.randn(self.prior.shape(b, P), generator=gen)
+        text = self._context(torch.zeros(b, 0, self.prior.null.shape[1], device=self.dev))
+        z = self._dev(torch.randn(self.prior.shape(b, P), generator=gen))
         for t in ts:
-            pred = self.unet(z, t.expand(b), encoder_hidden_states=text).sample
-            noise = torch.randn(z.shape, generator=gen) * scale
+            pred = self.unet(z, self._dev(t.expand(b)), encoder_hidden_states=text).sample
+            noise = self._dev(torch.randn(z.shape, generator=gen) * scale)
             z = sched.step(pred, t, z, eta=1.0, variance_noise=noise).prev_sample
         return self.prior.decode(z).clamp(-1, 1)
 
