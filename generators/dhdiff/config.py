@@ -152,29 +152,62 @@ def inherit(base: Mapping | None, own: Mapping | None, where: str) -> dict:
     return {**base, **own}
 
 
+def _field(cfg, key: str, default):
+    return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+
+
+def sd_folder_problem(cfg) -> str | None:
+    """Why ``sd_path`` is not a usable SD-1.x folder ("sd_path: ..."), or None (always None at
+    tiny scale). ``cfg``: a config dataclass or its resolved dict."""
+    if _field(cfg, "scale", "tiny") != "sd":
+        return None
+    sd = _field(cfg, "sd_path", None)
+    if sd and (Path(sd) / "unet").is_dir() and (Path(sd) / "vae").is_dir():
+        return None
+    return f"sd_path: {sd!r} is not a local Stable-Diffusion-1.x folder with unet/ and vae/ (nothing is downloaded)"
+
+
+def clip_source(cfg) -> str | None:
+    """Where the CLIP text encoder comes from (a folder), or None for learned tokens: ``learned``
+    never, ``auto`` at tiny scale only with ``clip_path``, else ``clip_path`` or
+    ``sd_path/text_encoder``. Neither there: ValueError starting "text_encoder: "."""
+    kind, clip = _field(cfg, "text_encoder", "auto"), _field(cfg, "clip_path", None)
+    scale, sd = _field(cfg, "scale", "tiny"), _field(cfg, "sd_path", None)
+    if kind == "learned":
+        return None
+    if clip:
+        return clip
+    if kind == "auto" and scale == "tiny":
+        return None
+    if sd and (Path(sd) / "text_encoder").is_dir():
+        return sd
+    raise ValueError(f"text_encoder: {kind!r} at scale {scale!r} needs sd_path/text_encoder/ or clip_path and "
+                     f"neither exists ({sd!r}); set text_encoder: learned to train token embeddings instead")
+
+
 def missing_local_files(cfg: Mapping, where: str) -> str | None:
     """One line naming what a resolved DH-Diff-family config (DH-Diff, its ablations, the
     diffusion baselines) needs on disk and lacks, or None. Asked at plan time, so a wrong
-    ``sd_path`` stops the run before any work instead of failing every cell at fit."""
+    ``sd_path`` stops the run before any work instead of failing every cell at fit; the model
+    asks the same two functions at fit (direct API use)."""
     import importlib.util
 
-    scale, kind = cfg.get("scale", "tiny"), cfg.get("text_encoder", "auto")
-    sd, clip = cfg.get("sd_path"), cfg.get("clip_path")
-    if scale == "sd" and (not sd or not (Path(sd) / "unet").is_dir() or not (Path(sd) / "vae").is_dir()):
-        return (f"{where}.sd_path: {sd!r} is not a local Stable-Diffusion-1.x folder with unet/ and vae/ "
-                f"(set under generator_cfg.dhdiff for every diffusion generator; nothing is downloaded)")
-    if kind == "learned" or (kind == "auto" and not clip and scale == "tiny"):
+    problem = sd_folder_problem(cfg)
+    if problem:
+        return f"{where}.{problem} (set under generator_cfg.dhdiff for every diffusion generator)"
+    try:
+        clip = clip_source(cfg)
+    except ValueError as e:
+        return f"{where}.{e}"
+    if clip is None:
         return None
-    if clip:
-        if not Path(clip).exists():
-            return f"{where}.clip_path: {clip!r} does not exist"
-    elif not sd or not (Path(sd) / "text_encoder").is_dir():
-        return (f"{where}.text_encoder: {kind!r} needs sd_path/text_encoder/ or clip_path and neither exists; "
-                f"set text_encoder: learned to train token embeddings instead")
+    if not Path(clip).exists():
+        return f"{where}.clip_path: {clip!r} does not exist"
     if importlib.util.find_spec("transformers") is None:
         return (f"{where}.text_encoder: the CLIP text encoder needs the 'transformers' package, which is not "
                 f"installed; set text_encoder: learned to train token embeddings instead")
     return None
 
 
-__all__ = ["DHDiffConfig", "DHDiffPriorConfig", "SD_PRESET", "quick_values", "resolve", "inherit", "missing_local_files"]
+__all__ = ["DHDiffConfig", "DHDiffPriorConfig", "SD_PRESET", "quick_values", "resolve", "inherit", "missing_local_files",
+           "sd_folder_problem", "clip_source"]

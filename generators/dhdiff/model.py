@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from .config import DHDiffConfig
+from .config import DHDiffConfig, clip_source, sd_folder_problem
 from .processors import DHContext, install_processors
 from .prompt import ClipPromptEncoder, LearnedPromptEncoder
 
@@ -79,27 +79,19 @@ def _tiny_unet(cfg: DHDiffConfig, channels: int) -> UNet2DConditionModel:
 
 
 def _sd_dir(cfg: DHDiffConfig) -> Path:
-    path = Path(cfg.sd_path) if cfg.sd_path else None
-    if path is None or not (path / "unet").is_dir() or not (path / "vae").is_dir():
-        raise ValueError(f"dhdiff: config field 'sd_path' must be a local Stable-Diffusion-1.x folder "
-                         f"with unet/ and vae/ subfolders, got {cfg.sd_path!r}")
-    return path
+    """The checkpoint folder of an sd-scale config (callers are sd-scale only)."""
+    problem = sd_folder_problem(cfg)
+    if problem:
+        raise ValueError(f"dhdiff: config field {problem}")
+    return Path(cfg.sd_path)
 
 
 def _clip_source(cfg: DHDiffConfig) -> str | None:
     """Where the CLIP text encoder comes from, or None for learned tokens (see module docstring)."""
-    kind = cfg.text_encoder
-    if kind == "learned":
-        return None
-    if cfg.clip_path:
-        return cfg.clip_path
-    if kind == "auto" and cfg.scale == "tiny":
-        return None
-    if cfg.sd_path and (Path(cfg.sd_path) / "text_encoder").is_dir():
-        return cfg.sd_path
-    raise ValueError(f"dhdiff: config field 'text_encoder' is {kind!r} at scale {cfg.scale!r} but neither "
-                     f"'clip_path' nor sd_path/text_encoder ({cfg.sd_path!r}) exists; give one, or set "
-                     f"text_encoder: learned to train token embeddings instead")
+    try:
+        return clip_source(cfg)
+    except ValueError as e:
+        raise ValueError(f"dhdiff: config field {e}") from None
 
 
 class DHDiffModel(nn.Module):
