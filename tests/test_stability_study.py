@@ -39,3 +39,14 @@ def test_vary_detector_or_data_splits_the_seed():
     assert [c for _, c in study_cells(cells, "all", [3, 4, 5])] == cells
     with pytest.raises(ConfigError, match="--vary"):
         study_cells(cells, "pairs", [3, 4, 5])
+
+
+def test_header_names_the_recipe_under_study(tmp_path, capsys):
+    """A study run with --set (e.g. a 3-U-Net ensemble) says so above its table: its numbers are
+    not the default recipe's."""
+    from benchmark.studies.stability import main
+
+    main(["--jobs", "0", "--categories", "weave", "--results-dir", str(tmp_path), "--run", "k3",
+          "--set", "detector_cfg.unet.ensemble=3"])
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("Stability of the quick preset, with detector_cfg.unet.ensemble=3 over seeds 0,1,2,3,4")

@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     what = {"all": "everything", "detector": f"only the detector (split and pairs of seed {cfg.seeds[0]})",
             "data": f"only the split and pairs (detector seed {cfg.seeds[0]})"}[a.vary]
-    print(f"Stability of the quick preset over seeds {','.join(map(str, cfg.seeds))}, varying {what} "
+    changed = f", with {'; '.join(a.set)}" if a.set else ""   # a recipe under study is said, not implied
+    print(f"Stability of the quick preset{changed} over seeds {','.join(map(str, cfg.seeds))}, varying {what} "
           f"(std = sample std over seeds, AUROC points; one torch thread per cell)")
     print(format_table(rows, len(cfg.seeds)))
     if a.values:
