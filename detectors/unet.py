@@ -186,8 +186,7 @@ class UNetDetector(Detector):
 
     def __init__(self, **cfg):
         super().__init__(**cfg)
-        self.net: SegmentationUNet | None = None
-        self.nets: list[nn.Module] = []      # the ensemble's members (self.net is member 0)
+        self.nets: list[nn.Module] = []      # the ensemble's members; one net unless ``ensemble`` > 1
         self.device = torch.device("cpu")
         self.loss_history: list[float] = []
 
@@ -209,8 +208,12 @@ class UNetDetector(Detector):
             net, hist = self._train_one(normals, pairs, seed)
             self.nets.append(net)
             histories.append(hist)
-        self.net = self.nets[0]
         self.loss_history = histories[0]
+
+    @property
+    def net(self) -> nn.Module | None:
+        """Member 0: the net of the cell seed (the whole detector when ``ensemble`` is 1)."""
+        return self.nets[0] if self.nets else None
 
     def _train_one(self, normals: np.ndarray, pairs: list[Pair], seed: int) -> tuple[nn.Module, list[float]]:
         c = self.config
@@ -267,9 +270,9 @@ class UNetDetector(Detector):
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.net is None:
+        nets = self.nets
+        if not nets:
             raise RuntimeError("detector 'unet': predict() called before fit()")
-        nets = self.nets or [self.net]
         for net in nets:
             net.eval()
         maps = []
