@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.schema import option
+from benchmark.split import stable_seed
 from generators.base import Pair
 
 from . import register_detector
@@ -31,6 +32,7 @@ from .unet import cap_pairs, focal_loss, image_scores, soft_dice_loss
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CHANNELS = (256, 512, 1024)  # ResNet-50 layer1..3 outputs (strides 4, 8, 16)
+_STEM_CHANNELS = 64           # ResNet-50 conv1 + bn1 + relu output (stride 2)
 
 
 @dataclass
@@ -47,6 +49,12 @@ class FeatureSegmenterConfig:
     pool_size: int = option(21, ge=1, help="image score = max of this average pool of the map")
     image_size: int | None = option(None, ge=32, help="encoder input side; None: the run's image_size")
     predict_batch_size: int = option(16, ge=1)
+    stem: bool = option(False, omit_default=True,
+                        help="also decode the stride-2 stem features (conv1): a map at half the input side, "
+                             "not a quarter, so thin defects keep their shape in pixel metrics")
+    ensemble: int = option(1, ge=1, omit_default=True,
+                           help="decoders trained from their own seeds on the same frozen features, maps "
+                                "averaged (the encoder runs once, so K costs K decoder trainings)")
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -54,23 +62,35 @@ def _block(cin: int, cout: int) -> nn.Sequential:
                          nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(4, cout), nn.ReLU(inplace=True))
 
 
-class FeatureDecoder(nn.Module):
-    """layer3 -> up + layer2 -> up + layer1 -> 2-class logits at stride 4 (GroupNorm: train = eval)."""
+def _up_cat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1)
 
-    def __init__(self, width: int):
+
+class FeatureDecoder(nn.Module):
+    """layer3 -> up + layer2 -> up + layer1 [-> up + stem] -> 2-class logits at stride 4 [2]
+    (GroupNorm: train = eval). Features come in stride order, finest first."""
+
+    def __init__(self, width: int, stem: bool = False):
         super().__init__()
         w1, w2, w3 = width, 2 * width, 4 * width
         self.reduce = nn.ModuleList([nn.Conv2d(c, w, 1) for c, w in zip(_CHANNELS, (w1, w2, w3))])
         self.mid = _block(w3, w3)
         self.dec2 = _block(w3 + w2, w2)
         self.dec1 = _block(w2 + w1, w1)
+        if stem:
+            self.reduce0 = nn.Conv2d(_STEM_CHANNELS, w1, 1)
+            self.dec0 = _block(2 * w1, w1)
+        self.stem = stem
         self.head = nn.Conv2d(w1, 2, 1)
 
-    def forward(self, f1: torch.Tensor, f2: torch.Tensor, f3: torch.Tensor) -> torch.Tensor:
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        f1, f2, f3 = feats[-3:]
         r1, r2, r3 = (conv(f.float()) for conv, f in zip(self.reduce, (f1, f2, f3)))
         x = self.mid(r3)
-        x = self.dec2(torch.cat([F.interpolate(x, size=r2.shape[-2:], mode="bilinear", align_corners=False), r2], 1))
-        x = self.dec1(torch.cat([F.interpolate(x, size=r1.shape[-2:], mode="bilinear", align_corners=False), r1], 1))
+        x = self.dec2(_up_cat(x, r2))
+        x = self.dec1(_up_cat(x, r1))
+        if self.stem:
+            x = self.dec0(_up_cat(x, self.reduce0(feats[0].float())))
         return self.head(x)
 
 
@@ -82,7 +102,7 @@ class FeatureSegmenter(Detector):
     def __init__(self, **cfg):
         super().__init__(**cfg)
         self.encoder = None
-        self.decoder: FeatureDecoder | None = None
+        self.decoders: list[FeatureDecoder] = []   # one unless ``ensemble`` > 1; member 0 from the cell seed
         self.loss_history: list[float] = []
 
     def weights_info(self) -> dict | None:
@@ -98,19 +118,24 @@ class FeatureSegmenter(Detector):
         std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
         return (x - mean) / std
 
+    @property
+    def decoder(self) -> FeatureDecoder | None:
+        """Member 0: the decoder of the cell seed (the whole detector when ``ensemble`` is 1)."""
+        return self.decoders[0] if self.decoders else None
+
     @torch.no_grad()
     def _features(self, images: np.ndarray) -> list[torch.Tensor]:
-        """Frozen encoder, in batches: [f1, f2, f3] float16 on the CPU."""
-        e, out = self.encoder, [[], [], []]
+        """Frozen encoder, in batches: [f0 (with ``stem``), f1, f2, f3] float16 on the CPU."""
+        e, out = self.encoder, [[], [], [], []]
         for start in range(0, len(images), self.config.predict_batch_size):
             x = self._prep(images[start:start + self.config.predict_batch_size]).to(self.device)
-            x = e.maxpool(e.relu(e.bn1(e.conv1(x))))
-            f1 = e.layer1(x)
+            f0 = e.relu(e.bn1(e.conv1(x)))
+            f1 = e.layer1(e.maxpool(f0))
             f2 = e.layer2(f1)
             f3 = e.layer3(f2)
-            for acc, f in zip(out, (f1, f2, f3)):
+            for acc, f in zip(out, (f0, f1, f2, f3)):
                 acc.append(f.half().cpu())
-        return [torch.cat(a) for a in out]
+        return [torch.cat(a) for a in out[0 if self.config.stem else 1:]]
 
     def fit(self, normals: np.ndarray, pairs: list[Pair], ctx: DetectorContext) -> None:
         c = self.config
@@ -126,19 +151,34 @@ class FeatureSegmenter(Detector):
         h1, w1 = feats_n[0].shape[-2:]
         masks = torch.from_numpy(np.stack([np.asarray(p.mask, np.float32) for p in pairs]))[:, None]
         masks = (F.interpolate(masks, size=(4 * h1, 4 * w1), mode="area")[:, 0] > 0.5)
-        torch.manual_seed(ctx.seed)
-        gen = torch.Generator().manual_seed(ctx.seed)
-        self.decoder = FeatureDecoder(c.width).to(self.device)
-        opt = torch.optim.Adam(self.decoder.parameters(), lr=c.lr)
+        self.decoders, histories = [], []
+        for k in range(c.ensemble):
+            seed = ctx.seed if k == 0 else stable_seed(ctx.seed, "feature_segmenter-ensemble", k) % 2**63
+            decoder, history = self._train_one(feats_n, feats_p, masks, seed)
+            self.decoders.append(decoder)
+            histories.append(history)
+        self.loss_history = histories[0]
+
+    def _train_one(self, feats_n: list[torch.Tensor], feats_p: list[torch.Tensor], masks: torch.Tensor,
+                   seed: int) -> tuple[FeatureDecoder, list[float]]:
+        """One decoder from ``seed`` alone (init and batch order): common random numbers across
+        generators, as in `detectors.unet`."""
+        c = self.config
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        decoder = FeatureDecoder(c.width, c.stem).to(self.device)
+        opt = torch.optim.Adam(decoder.parameters(), lr=c.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps)
         half = c.batch_size // 2
-        self.decoder.train()
+        n_normals, n_pairs = len(feats_n[0]), len(feats_p[0])
+        history: list[float] = []
+        decoder.train()
         for _ in range(c.steps):
-            i_n = torch.randint(len(normals), (c.batch_size - half,), generator=gen)
-            i_p = torch.randint(len(pairs), (half,), generator=gen)
+            i_n = torch.randint(n_normals, (c.batch_size - half,), generator=gen)
+            i_p = torch.randint(n_pairs, (half,), generator=gen)
             f = [torch.cat([fn[i_n], fp[i_p]]).to(self.device) for fn, fp in zip(feats_n, feats_p)]
             target = torch.cat([torch.zeros(len(i_n), *masks.shape[1:], dtype=torch.bool), masks[i_p]]).to(self.device)
-            logits = F.interpolate(self.decoder(*f), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(decoder(*f), size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = focal_loss(logits, target, c.focal_gamma)
             if c.dice_weight:
                 loss = loss + c.dice_weight * soft_dice_loss(logits, target)
@@ -146,18 +186,19 @@ class FeatureSegmenter(Detector):
             loss.backward()
             opt.step()
             sched.step()
-            self.loss_history.append(float(loss.detach()))
-        self.decoder.eval()
+            history.append(float(loss.detach()))
+        decoder.eval()
+        return decoder, history
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.decoder is None:
+        if not self.decoders:
             raise RuntimeError("feature_segmenter: predict() before fit()")
         h, w = images.shape[1:3]
         maps = []
         for start in range(0, len(images), self.config.predict_batch_size):
             f = [t.to(self.device) for t in self._features(images[start:start + self.config.predict_batch_size])]
-            p = self.decoder(*f).softmax(1)[:, 1:2]
+            p = sum(d(*f).softmax(1)[:, 1:2] for d in self.decoders) / len(self.decoders)
             maps.append(F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu())
         m = torch.cat(maps)
         return image_scores(m, self.config.pool_size).double().numpy(), m.numpy().astype(np.float32)

@@ -29,10 +29,11 @@ def weights_cache(tmp_path_factory):
     return cache, meta
 
 
-def _fit(seed):
+def _fit(seed, **cfg):
     rng = np.random.default_rng(0)
     pairs = [Pair(*_square(_flat(rng, 1)[0], 4 + 5 * i, 6 + 4 * i, 16), "square") for i in range(6)]
-    det = create_detector("feature_segmenter", steps=40, width=8, batch_size=4, lr=3e-3, pool_size=5)
+    det = create_detector("feature_segmenter", **{"steps": 40, "width": 8, "batch_size": 4, "lr": 3e-3,
+                                                  "pool_size": 5, **cfg})
     det.fit(_flat(rng, 6), pairs, DetectorContext("tex", seed=seed, image_size=64))
     anomalous, _ = _square(_flat(rng, 1)[0], 30, 20, 16)
     return det, det.predict(np.concatenate([_flat(rng, 3), anomalous[None]]))
@@ -63,3 +64,46 @@ def test_missing_weights_found_on_the_resolved_config(tmp_path, monkeypatch):
     assert re.match(r"^detector_cfg\.feature_segmenter\.backbone_weights: .*make weights", check_weights(cfg, where))
     with pytest.raises(ConfigError, match="steps"):
         get_detector_class("feature_segmenter").resolve_config({"steps": 0, "backbone_weights": "none"}, "d")
+
+
+def test_ensemble_averages_member_maps_and_member_0_is_the_single_decoder(weights_cache, monkeypatch):
+    """K decoders on the same frozen features: the map is their mean, and member 0 is exactly the
+    decoder a K = 1 detector of the same seed trains (common random numbers survive ensembling)."""
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
+    single, _ = _fit(seed=3)
+    det, (scores, maps) = _fit(seed=3, ensemble=2)
+    assert len(det.decoders) == 2
+    for a, b in zip(single.decoder.state_dict().values(), det.decoders[0].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    rng = np.random.default_rng(0)
+    images = np.concatenate([_flat(rng, 2), _square(_flat(rng, 1)[0], 30, 20, 16)[0][None]])
+    members = []
+    for d in list(det.decoders):
+        det.decoders = [d]
+        members.append(det.predict(images)[1])
+    assert not np.allclose(members[0], members[1], atol=1e-4)      # two different decoders
+    det2, _ = _fit(seed=3, ensemble=2)
+    np.testing.assert_allclose(det2.predict(images)[1], (members[0] + members[1]) / 2, rtol=0, atol=2e-6)
+
+
+def test_stem_decodes_at_half_the_input_side(weights_cache, monkeypatch):
+    """``stem`` adds the stride-2 conv1 features: logits at 32 x 32 for a 64 px input, not 16 x 16."""
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
+    rng = np.random.default_rng(1)
+    for stem, side in ((False, 16), (True, 32)):
+        det, (scores, maps) = _fit(seed=0, stem=stem)
+        feats = det._features(_flat(rng, 2, 64))
+        assert len(feats) == (4 if stem else 3)
+        assert det.decoder(*feats).shape[-2:] == (side, side)
+        assert maps.shape == (4, 64, 64) and scores[3] > scores[:3].max()
+
+
+def test_new_options_stay_out_of_the_resolved_config_at_their_defaults():
+    """``stem`` and ``ensemble`` are omitted while at their defaults, so existing cells keep their hashes."""
+    from benchmark.schema import resolved
+
+    cls = get_detector_class("feature_segmenter")
+    cfg = resolved(cls.resolve_config({"backbone_weights": "none"}, "d"))
+    assert "stem" not in cfg and "ensemble" not in cfg
+    cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3}, "d"))
+    assert cfg["stem"] is True and cfg["ensemble"] == 3
