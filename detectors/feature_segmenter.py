@@ -148,7 +148,7 @@ class FeatureSegmenter(Detector):
         pairs = cap_pairs(pairs, c.max_pairs_per_defect)
         feats_n = self._features(normals)
         feats_p = self._features(np.stack([p.image for p in pairs]))
-        h1, w1 = feats_n[0].shape[-2:]
+        h1, w1 = feats_n[-3].shape[-2:]   # layer1 (stride 4): targets at 4x its side, with or without the stem
         masks = torch.from_numpy(np.stack([np.asarray(p.mask, np.float32) for p in pairs]))[:, None]
         masks = (F.interpolate(masks, size=(4 * h1, 4 * w1), mode="area")[:, 0] > 0.5)
         self.decoders, histories = [], []

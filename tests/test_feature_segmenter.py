@@ -88,10 +88,20 @@ def test_ensemble_averages_member_maps_and_member_0_is_the_single_decoder(weight
 
 def test_stem_decodes_at_half_the_input_side(weights_cache, monkeypatch):
     """``stem`` adds the stride-2 conv1 features: logits at 32 x 32 for a 64 px input, not 16 x 16."""
+    from detectors.feature_segmenter import FeatureSegmenter
+
     monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
+    train_one, targets = FeatureSegmenter._train_one, []
+
+    def recording(self, feats_n, feats_p, masks, seed):
+        targets.append(tuple(masks.shape[-2:]))
+        return train_one(self, feats_n, feats_p, masks, seed)
+
+    monkeypatch.setattr(FeatureSegmenter, "_train_one", recording)
     rng = np.random.default_rng(1)
     for stem, side in ((False, 16), (True, 32)):
         det, (scores, maps) = _fit(seed=0, stem=stem)
+        assert targets.pop() == (64, 64)      # masks stay at the image side, stem or not
         feats = det._features(_flat(rng, 2, 64))
         assert len(feats) == (4 if stem else 3)
         assert det.decoder(*feats).shape[-2:] == (side, side)
