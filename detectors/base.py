@@ -15,6 +15,15 @@ import numpy as np
 from generators.base import Pair
 
 
+def ensemble_seeds(seed: int, k: int, tag: str) -> list[int]:
+    """Seeds of an ensemble's K members: member 0 is ``seed`` itself (so K = 1 is the single
+    model, and two generators' cells of one seed share every member's init and batch order),
+    members 1..K-1 come from (seed, tag, k)."""
+    from benchmark.split import stable_seed
+
+    return [seed] + [stable_seed(seed, tag, i) % 2**63 for i in range(1, k)]
+
+
 @dataclass
 class DetectorContext:
     category: str

@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.schema import option
-from benchmark.split import stable_seed
 from generators.base import Pair
 
 from . import register_detector
 from .backbones import BACKBONES, load_backbone
-from .base import Detector, DetectorContext
+from .base import Detector, DetectorContext, ensemble_seeds
 from .unet import cap_pairs, focal_loss, image_scores, soft_dice_loss
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,16 +125,17 @@ class FeatureSegmenter(Detector):
     @torch.no_grad()
     def _features(self, images: np.ndarray) -> list[torch.Tensor]:
         """Frozen encoder, in batches: [f0 (with ``stem``), f1, f2, f3] float16 on the CPU."""
-        e, out = self.encoder, [[], [], [], []]
+        e, stem = self.encoder, self.config.stem
+        out = [[] for _ in range(4 if stem else 3)]
         for start in range(0, len(images), self.config.predict_batch_size):
             x = self._prep(images[start:start + self.config.predict_batch_size]).to(self.device)
             f0 = e.relu(e.bn1(e.conv1(x)))
             f1 = e.layer1(e.maxpool(f0))
             f2 = e.layer2(f1)
             f3 = e.layer3(f2)
-            for acc, f in zip(out, (f0, f1, f2, f3)):
+            for acc, f in zip(out, (f0, f1, f2, f3) if stem else (f1, f2, f3)):
                 acc.append(f.half().cpu())
-        return [torch.cat(a) for a in out[0 if self.config.stem else 1:]]
+        return [torch.cat(a) for a in out]
 
     def fit(self, normals: np.ndarray, pairs: list[Pair], ctx: DetectorContext) -> None:
         c = self.config
@@ -152,8 +152,7 @@ class FeatureSegmenter(Detector):
         masks = torch.from_numpy(np.stack([np.asarray(p.mask, np.float32) for p in pairs]))[:, None]
         masks = (F.interpolate(masks, size=(4 * h1, 4 * w1), mode="area")[:, 0] > 0.5)
         self.decoders, histories = [], []
-        for k in range(c.ensemble):
-            seed = ctx.seed if k == 0 else stable_seed(ctx.seed, "feature_segmenter-ensemble", k) % 2**63
+        for seed in ensemble_seeds(ctx.seed, c.ensemble, "feature_segmenter-ensemble"):
             decoder, history = self._train_one(feats_n, feats_p, masks, seed)
             self.decoders.append(decoder)
             histories.append(history)

@@ -18,7 +18,7 @@ from benchmark.schema import ConfigError, option
 from generators.base import Pair
 
 from . import register_detector
-from .base import Detector, DetectorContext
+from .base import Detector, DetectorContext, ensemble_seeds
 
 
 @dataclass
@@ -198,13 +198,10 @@ class UNetDetector(Detector):
         With ``ensemble`` K > 1, member 0 is that net and members 1..K-1 train from seeds derived
         from (``ctx.seed``, k): averaging K maps is the textbook cut of the seed-to-seed spread
         (issue 9), at K times the training cost."""
-        from benchmark.split import stable_seed
-
         self.device = torch.device(ctx.device)
         pairs = cap_pairs(pairs, self.config.max_pairs_per_defect)
         self.nets, histories = [], []
-        for k in range(self.config.ensemble):
-            seed = ctx.seed if k == 0 else stable_seed(ctx.seed, "unet-ensemble", k) % 2**63
+        for seed in ensemble_seeds(ctx.seed, self.config.ensemble, "unet-ensemble"):
             net, hist = self._train_one(normals, pairs, seed)
             self.nets.append(net)
             histories.append(hist)
