@@ -34,7 +34,7 @@ def data_root(tmp_path):
 
 def _args(tmp_path, data_root, *extra, sets=TINY, run="t"):
     out = ["--dataset", "mvtec_ad", "--data-root", str(data_root), "--results-dir", str(tmp_path / "runs"),
-           "--run", run, "--generators", "cutpaste", "--categories", "bottle", "--seeds", "0",
+           "--run", run, "--generators", "cutpaste", "--detectors", "unet", "--categories", "bottle", "--seeds", "0",
            "--set", f"cache_dir={tmp_path / 'cache'}"]
     for s in sets:
         out += ["--set", s]
@@ -120,7 +120,8 @@ def test_bad_files_and_commands(tmp_path, data_root, capsys):
         (_args(tmp_path, data_root, "--config", str(tmp_path / "missing.yaml")), ["missing.yaml", "does not exist"]),
         (_args(tmp_path, data_root, "--config", str(bad_yaml)), ["bad.yaml", "not valid YAML"]),
         (_args(tmp_path, data_root, "--config", str(listy)), ["list.yaml", "mapping"]),
-        (["--dataset", "mvtec_ad", "--data-root", "/no/such/dir", "--results-dir", str(tmp_path / "r")],
+        (["--dataset", "mvtec_ad", "--data-root", "/no/such/dir", "--detectors", "unet", "--results-dir",
+          str(tmp_path / "r")],
          ["/no/such/dir", "does not exist"]),
         (["report", "no_such_run", "--results-dir", str(tmp_path / "r")], ["no_such_run"]),
         (["samples", "--generator", "cutpaste", "--n", "0"], ["--n", "0"]),
@@ -164,7 +165,8 @@ def test_zero_pairs_never_makes_a_column(tmp_path, data_root, capsys):
 
 def _cfg(tmp_path, data_root, **over):
     over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
-            "run": "t", "generators": "cutpaste", "categories": "bottle,carpet", "seeds": "0", "jobs": 1, **over}
+            "run": "t", "generators": "cutpaste", "detectors": "unet", "categories": "bottle,carpet", "seeds": "0",
+            "jobs": 1, **over}
     cfg = build_config("quick", None, over, TINY)
     cfg.cache_dir = str(tmp_path / "cache")
     return cfg
@@ -314,7 +316,7 @@ def _run_in_process(args: list[str], q) -> None:
 
 def test_two_runs_on_one_folder_compute_each_cell_once(tmp_path, data_root):
     over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
-            "run": "t", "generators": "cutpaste", "categories": "bottle,carpet", "seeds": "0,1"}
+            "run": "t", "generators": "cutpaste", "detectors": "unet", "categories": "bottle,carpet", "seeds": "0,1"}
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_run_in_process, args=([over, TINY, str(tmp_path / "cache")], q)) for _ in range(2)]

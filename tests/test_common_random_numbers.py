@@ -14,7 +14,7 @@ from benchmark.config import build_config
 from benchmark.runner import plan
 from tests.layouts import make_mvtec_ad_tree
 
-TINY = ["detector_cfg.unet={base_width: 4, depth: 3, steps: 5, batch_size: 4, crop_size: 24}",
+TINY = ["detectors=unet", "detector_cfg.unet={base_width: 4, depth: 3, steps: 5, batch_size: 4, crop_size: 24}",
         "pairs_per_defect=3", "image_size=32", "eval_size=32", "split.fraction=0.5"]
 
 

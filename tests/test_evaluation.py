@@ -207,7 +207,7 @@ def test_loco_cell_without_defects_config_keeps_its_metrics(tmp_path):
     (root / CAT / "defects_config.json").unlink()
     over = {"datasets": "mvtec_loco", "data_root": str(root), "results_dir": str(tmp_path / "runs"),
             "run": "t", "generators": "cutpaste"}
-    tiny = ["detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}", "pairs_per_defect=3",
+    tiny = ["detectors=unet", "detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}", "pairs_per_defect=3",
             "image_size=32", "eval_size=32"]
     cfg = build_config("quick", None, over, tiny)
     cfg.cache_dir = str(tmp_path / "cache")

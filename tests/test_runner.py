@@ -9,8 +9,8 @@ from benchmark.config import build_config
 from benchmark.runner import execute, plan
 from tests.layouts import make_mvtec_ad_tree
 
-TINY = ["detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}", "pairs_per_defect=3", "split.fraction=0.5",
-        "image_size=32", "eval_size=32"]
+TINY = ["detectors=unet", "detector_cfg.unet={base_width: 4, depth: 3, steps: 4, batch_size: 4}",
+        "pairs_per_defect=3", "split.fraction=0.5", "image_size=32", "eval_size=32"]
 
 
 @pytest.fixture()
@@ -137,7 +137,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--generators", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and "cutpaste" in err[0]
-    assert main(["--dataset", "mvtec_ad", "--data-root", str(tmp_path / "no" / "such")]) == 2
+    assert main(["--dataset", "mvtec_ad", "--data-root", str(tmp_path / "no" / "such"), "--detectors", "unet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path / "no" / "such") in err[0]
 

@@ -47,6 +47,7 @@ def test_header_names_the_recipe_under_study(tmp_path, capsys):
     from benchmark.studies.stability import main
 
     main(["--jobs", "0", "--categories", "weave", "--results-dir", str(tmp_path), "--run", "k3",
-          "--set", "detector_cfg.unet.ensemble=3"])
+          "--set", "detectors=unet", "--set", "detector_cfg.unet.ensemble=3"])
     head = capsys.readouterr().out.splitlines()[0]
-    assert head.startswith("Stability of the quick preset, with detector_cfg.unet.ensemble=3 over seeds 0,1,2,3,4")
+    assert head.startswith("Stability of the quick preset, with detectors=unet; detector_cfg.unet.ensemble=3 over "
+                           "seeds 0,1,2,3,4")
