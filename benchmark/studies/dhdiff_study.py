@@ -135,6 +135,8 @@ def ablation(a: argparse.Namespace) -> int:
            "--seeds", a.seeds, "--run", a.run, "--threads", str(a.threads), "--device", a.device]
     if a.categories:
         cmd += ["--categories", a.categories]
+    if a.detectors:
+        cmd += ["--detectors", a.detectors]
     for k, v in budget_overrides(a).items():
         cmd += ["--set", f"generator_cfg.dhdiff.{k}={json.dumps(v)}"]
     print(" ".join(cmd), flush=True)
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--run", default="ablation")
+    p.add_argument("--detectors", help="ablation: detectors (default: the quick preset's; docs/dhdiff.md's table: unet)")
     p.add_argument("--normals", type=int, default=60, help="check: normal training images")
     p.add_argument("--shots", type=int, default=7, help="check: few-shot anomalies per defect type")
     p.add_argument("--size", type=int, default=128)
