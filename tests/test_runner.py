@@ -133,6 +133,18 @@ def test_cli_writes_tables_and_reports(tmp_path, data_root, capsys):
     assert (tdir / "mvtec_ad_auroc.md").read_text() == md
 
 
+def test_default_run_without_weights_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    """The quick preset's detector reads the ImageNet ResNet-50 (`make bench` builds it first);
+    a bare `run_benchmark.py` without it stops at planning with one line naming `make weights`,
+    before the embedded data set, a generated set or a run folder is made."""
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(tmp_path / "no_weights"))
+    assert main(["--results-dir", str(tmp_path / "runs"), "--set", f"cache_dir={tmp_path / 'cache'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: detector_cfg.feature_segmenter.backbone_weights: ")
+    assert "make weights" in err[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--generators", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
