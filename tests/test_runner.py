@@ -136,7 +136,7 @@ def test_cli_writes_tables_and_reports(tmp_path, data_root, capsys):
 def test_default_run_without_weights_stops_before_any_work(tmp_path, monkeypatch, capsys):
     """The quick preset's detector reads the ImageNet ResNet-50 (`make bench` builds it first);
     a bare `run_benchmark.py` without it stops at planning with one line naming `make weights`,
-    before the embedded data set, a generated set or a run folder is made."""
+    before any cache or run folder is made (`runner.plan` checks weights before opening a data set)."""
     monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(tmp_path / "no_weights"))
     assert main(["--results-dir", str(tmp_path / "runs"), "--set", f"cache_dir={tmp_path / 'cache'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
