@@ -24,10 +24,10 @@ from .datasets import DataError, create_dataset, load_image, load_mask
 from .evaluation import evaluate_with_sample
 from .generation import NO_GENERATOR, Progress, log, make_pairs, torch_thread_count
 from .record import CellRecord
-from .split import few_shot_split
+from .split import Split, few_shot_split
 from .versions import package_versions
 
-__all__ = ["NO_GENERATOR", "generate_only", "load_images", "load_masks", "make_pairs", "run_cell"]
+__all__ = ["NO_GENERATOR", "cell_split", "generate_only", "load_images", "load_masks", "make_pairs", "run_cell"]
 
 
 def load_images(df: pd.DataFrame, size: int) -> np.ndarray:
@@ -58,11 +58,17 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def cell_split(cfg: CellConfig, samples: pd.DataFrame) -> Split:
+    """The cell's few-shot split: from ``seed``, or ``split_seed`` when the stability study pins it."""
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    return few_shot_split(samples, cfg.split.fraction, cfg.split.mode, seed)
+
+
 def generate_only(cfg: CellConfig, cache_dir: str | Path = "results/cache", progress: Progress | None = None):
     """Make (or find) the cell's generated set and nothing else, with ``cfg.generate_threads``:
     what run_cell does before training, so a later run_cell reads the same set from the cache."""
     adapter = create_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_cfg)
-    split = few_shot_split(adapter.samples(cfg.category), cfg.split.fraction, cfg.split.mode, cfg.seed)
+    split = cell_split(cfg, adapter.samples(cfg.category))
     normals = load_images(split.train_normals, cfg.image_size)
     with torch_threads(cfg.generate_threads):
         return make_pairs(cfg, adapter, split, normals, cache_dir, progress)
@@ -90,7 +96,7 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         t = time.perf_counter()
         adapter = create_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_cfg)
         samples = adapter.samples(cfg.category)
-        split = few_shot_split(samples, cfg.split.fraction, cfg.split.mode, cfg.seed)
+        split = cell_split(cfg, samples)
         normals = load_images(split.train_normals, cfg.image_size)
         ev = split.evaluation
         ev_images = load_images(ev, cfg.image_size)  # read everything before training: bad files fail early

@@ -83,6 +83,9 @@ class CellConfig:
                                       # Set only by the stability study's variance decomposition
                                       # (vary the detector's init and batch order alone); hashed
                                       # only when set, so ordinary records keep their names.
+    split_seed: int | None = None     # None: the few-shot split draws from ``seed``. Set only by the
+                                      # study's ``--vary pairs`` (same split and detector, new pairs);
+                                      # hashed only when set, like ``detector_seed``.
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,8 +101,9 @@ class CellConfig:
         d.pop("device")
         d.pop("threads")
         d.pop("generate_threads", None)
-        if d.get("detector_seed") is None:
-            d.pop("detector_seed", None)
+        for key in ("detector_seed", "split_seed"):
+            if d.get(key) is None:
+                d.pop(key, None)
         return digest(d)
 
     @property

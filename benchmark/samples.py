@@ -5,11 +5,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .cell import load_images
+from .cell import cell_split, load_images
 from .config import RunConfig
 from .datasets import create_dataset
 from .generation import make_pairs
-from .split import few_shot_split
 
 
 def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = None,
@@ -28,7 +27,7 @@ def write_samples(cfg: RunConfig, generator: str, n: int = 6, out: str | None = 
     category = wanted[0] if wanted != "all" else adapter.categories()[0]
     cell = cfg.cell(dataset, category, generator, cfg.detectors[0], cfg.seeds[0], components)
     cell.pairs_per_defect = n
-    split = few_shot_split(adapter.samples(category), cell.split.fraction, cell.split.mode, cell.seed)
+    split = cell_split(cell, adapter.samples(category))
     normals = load_images(split.train_normals, cell.image_size)
     log = (lambda m: console.print(m)) if console else None
     pairs = make_pairs(cell, adapter, split, normals, cfg.cache_dir, log).pairs

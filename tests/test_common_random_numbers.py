@@ -67,7 +67,7 @@ def test_two_generators_of_one_seed_share_everything_but_the_pairs(tmp_path, spy
 
 def test_detector_seed_moves_only_the_detector(tmp_path, spy):
     """The stability study's ``--vary detector``: same split and pairs, other init and batches;
-    ``--vary data``: other split and pairs, the same init."""
+    ``--vary data``: other split and pairs, the same init; ``--vary pairs``: other pairs only."""
     import dataclasses
 
     root = make_mvtec_ad_tree(tmp_path / "mvtec", categories=("bottle",), n_train=6, n_good=3,
@@ -77,7 +77,8 @@ def test_detector_seed_moves_only_the_detector(tmp_path, spy):
                                        "seeds": "0"}, TINY)
     base = plan(cfg).cells[0]
     variants = {"base": base, "det": dataclasses.replace(base, detector_seed=1),
-                "data": dataclasses.replace(base, seed=1, detector_seed=0)}
+                "data": dataclasses.replace(base, seed=1, detector_seed=0),
+                "pairs": dataclasses.replace(base, seed=1, split_seed=0, detector_seed=0)}
     recs = {k: run_cell(c, tmp_path / "cache") for k, c in variants.items()}
     fits = dict(zip(variants, spy))
     assert recs["det"]["eval"]["image_id"] == recs["base"]["eval"]["image_id"]
@@ -85,7 +86,13 @@ def test_detector_seed_moves_only_the_detector(tmp_path, spy):
     assert fits["det"]["init"] != fits["base"]["init"]
     assert recs["data"]["generated_set"] != recs["base"]["generated_set"]
     assert fits["data"]["init"] == fits["base"]["init"]
-    assert base.hash() != variants["det"].hash() != variants["data"].hash()
+    assert recs["data"]["eval"]["image_id"] != recs["base"]["eval"]["image_id"]       # another split
+    assert recs["pairs"]["eval"]["image_id"] == recs["base"]["eval"]["image_id"]      # seed 0's split ...
+    assert fits["pairs"]["init"] == fits["base"]["init"] and fits["pairs"]["batches"] == fits["base"]["batches"]
+    assert recs["pairs"]["generated_set"] not in (recs["base"]["generated_set"], recs["data"]["generated_set"])
+    assert recs["pairs"]["eval"]["score"] != recs["base"]["eval"]["score"]            # ... and new pairs
+    assert len({c.hash() for c in variants.values()}) == 4
     old = base.to_dict()
-    old.pop("detector_seed")                  # a record written before the field existed
+    old.pop("detector_seed")                  # a record written before the fields existed
+    old.pop("split_seed")
     assert type(base).from_dict(old).hash() == base.hash()

@@ -36,9 +36,13 @@ def test_vary_detector_or_data_splits_the_seed():
     assert [(s, c.seed, c.detector_seed) for s, c in det] == [(3, 3, None), (4, 3, 4), (5, 3, 5)]
     data = study_cells(cells, "data", [3, 4, 5])
     assert [(s, c.seed, c.detector_seed) for s, c in data] == [(3, 3, None), (4, 4, 3), (5, 5, 3)]
+    assert all(c.split_seed is None for _, c in det + data)
+    pairs = study_cells(cells, "pairs", [3, 4, 5])
+    assert [(s, c.seed, c.split_seed, c.detector_seed) for s, c in pairs] == [(3, 3, None, None), (4, 4, 3, 3),
+                                                                             (5, 5, 3, 3)]
     assert [c for _, c in study_cells(cells, "all", [3, 4, 5])] == cells
     with pytest.raises(ConfigError, match="--vary"):
-        study_cells(cells, "pairs", [3, 4, 5])
+        study_cells(cells, "nope", [3, 4, 5])
 
 
 def test_header_names_the_recipe_under_study(tmp_path, capsys):
