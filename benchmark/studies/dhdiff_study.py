@@ -137,6 +137,8 @@ def ablation(a: argparse.Namespace) -> int:
         cmd += ["--categories", a.categories]
     if a.detectors:
         cmd += ["--detectors", a.detectors]
+    if a.pairs is not None:
+        cmd += ["--set", f"pairs_per_defect={a.pairs}"]
     for k, v in budget_overrides(a).items():
         cmd += ["--set", f"generator_cfg.dhdiff.{k}={json.dumps(v)}"]
     print(" ".join(cmd), flush=True)
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--run", default="ablation")
     p.add_argument("--detectors", help="ablation: detectors (default: the quick preset's; docs/dhdiff.md's table: unet)")
+    p.add_argument("--pairs", type=int, help="ablation: pairs per defect type (default: the quick preset's, 240; "
+                                             "docs/dhdiff.md's table: 60)")
     p.add_argument("--normals", type=int, default=60, help="check: normal training images")
     p.add_argument("--shots", type=int, default=7, help="check: few-shot anomalies per defect type")
     p.add_argument("--size", type=int, default=128)
