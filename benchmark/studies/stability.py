@@ -46,7 +46,8 @@ def study_cells(cells: list[CellConfig], vary: str, seeds: list[int]) -> list[tu
     """(varied seed, cell) for each planned cell. ``detector``: split and pairs from seeds[0], the
     detector from the cell's seed; ``data``: split and pairs from the cell's seed, the detector from
     seeds[0]; ``pairs``: only the generated pairs from the cell's seed, split and detector from
-    seeds[0]. The seeds[0] cell is the ordinary one in every mode (its record is shared)."""
+    seeds[0]. The seeds[0] cell is the ordinary one in every mode: same hash as in the ``all`` run,
+    though a ``<run>-<vary>`` folder runs it again unless its record is copied in."""
     if vary not in VARY:
         raise ConfigError(f"--vary: expected one of {', '.join(VARY)}, got {vary!r}")
     base = seeds[0]
