@@ -55,3 +55,37 @@ def test_header_names_the_recipe_under_study(tmp_path, capsys):
     head = capsys.readouterr().out.splitlines()[0]
     assert head.startswith("Stability of the quick preset, with detectors=unet; detector_cfg.unet.ensemble=3 over "
                            "seeds 0,1,2,3,4")
+
+
+def test_vary_run_takes_the_ordinary_seed0_records(tmp_path):
+    """A --vary run's seed-0 cells are the `all` run's cells (same hash): their records are copied
+    from that run, not trained again, but only when made with the same thread count and device."""
+    import json
+
+    from benchmark import store
+    from benchmark.record import CellRecord
+    from benchmark.runner import plan
+    from benchmark.studies.stability import reuse_base_records, study_cells, study_config
+
+    kw = dict(categories="weave", generators="cutpaste,crop_paste", seeds="0,1", results_dir=str(tmp_path),
+              sets=["detectors=unet"])
+    base, vary = study_config(run="s", **kw), study_config(run="s-detector", **kw)
+    ordinary = plan(base).cells
+    cells = [c for _, c in study_cells(plan(vary).cells, "detector", vary.seeds)]
+
+    def rec(c, **cfg):
+        return CellRecord(hash=c.hash(), config={**c.to_dict(), **cfg}, status="ok",
+                          metrics={"image_auroc": 0.7 + c.seed / 10},
+                          eval={"label": [0, 1], "score": [0.2, 0.9]}).to_dict()
+
+    by = {(c.generator, c.seed): c for c in ordinary}
+    store.write_record(base.run_dir, rec(by["cutpaste", 0]))                 # seed 0, as the vary run plans it
+    store.write_record(base.run_dir, rec(by["crop_paste", 0], threads=2))    # made with 2 threads: not it
+    store.write_record(base.run_dir, rec(by["cutpaste", 1]))                 # seed 1 of `all`: another cell
+    assert reuse_base_records(vary, "s", cells) == 1
+    copied = {r["hash"]: r for r in store.load_records(vary.run_dir)}
+    assert list(copied) == [by["cutpaste", 0].hash()]
+    assert json.loads(store.record_path(vary.run_dir, by["cutpaste", 0].hash()).read_text()) == \
+        json.loads(store.record_path(base.run_dir, by["cutpaste", 0].hash()).read_text())
+    assert reuse_base_records(vary, "s", cells) == 0                         # already there
+    assert reuse_base_records(vary, "no_such_run", cells) == 0

@@ -21,13 +21,15 @@ seed; ``pairs`` keeps the first seed's split and detector seed and changes only 
 pairs (the generator's fit and sampling seeds). A spread that stays under ``--vary data`` cannot
 be removed by a detector recipe; one that stays under ``--vary pairs`` is the generator's own.
 These runs are stored as ``<run>-detector`` / ``<run>-data`` / ``<run>-pairs`` (cells carry
-``detector_seed``, and ``split_seed`` for ``pairs``).
+``detector_seed``, and ``split_seed`` for ``pairs``); their seed-0 cells are the ``all`` run's,
+whose records are copied from ``<run>`` when it has them.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -46,8 +48,8 @@ def study_cells(cells: list[CellConfig], vary: str, seeds: list[int]) -> list[tu
     """(varied seed, cell) for each planned cell. ``detector``: split and pairs from seeds[0], the
     detector from the cell's seed; ``data``: split and pairs from the cell's seed, the detector from
     seeds[0]; ``pairs``: only the generated pairs from the cell's seed, split and detector from
-    seeds[0]. The seeds[0] cell is the ordinary one in every mode: same hash as in the ``all`` run,
-    though a ``<run>-<vary>`` folder runs it again unless its record is copied in."""
+    seeds[0]. The seeds[0] cell is the ordinary one in every mode (same hash as in the ``all`` run;
+    `reuse_base_records` takes its record from there)."""
     if vary not in VARY:
         raise ConfigError(f"--vary: expected one of {', '.join(VARY)}, got {vary!r}")
     base = seeds[0]
@@ -74,15 +76,37 @@ def study_config(categories: str | None = None, generators: str | None = None, s
     return build_config("quick", overrides=over, sets=sets)
 
 
-def run_study(cfg: RunConfig, jobs: int = 1, vary: str = "all") -> None:
+def reuse_base_records(cfg: RunConfig, base_run: str, cells: list[CellConfig]) -> int:
+    """Copy into ``cfg``'s run the ok records of ``base_run`` (the ``all`` run) that ``cells``
+    would compute again: a ``--vary`` run's seeds[0] cells are ordinary cells with the same hash.
+    Only records made with the cell's thread count and device (records depend on both; neither is
+    hashed). Returns how many were copied."""
+    want = {c.hash(): c for c in cells}
+    n = 0
+    for rec in store.load_records(Path(cfg.results_dir) / base_run):
+        c = want.get(rec["hash"])
+        if (c is None or rec["status"] != "ok" or rec["config"].get("threads") != c.threads
+                or rec["config"].get("device") != c.device or store.is_done(cfg.run_dir, c.hash())):
+            continue
+        store.write_record(cfg.run_dir, rec)
+        n += 1
+    return n
+
+
+def run_study(cfg: RunConfig, jobs: int = 1, vary: str = "all", base_run: str | None = None) -> None:
     """Run the missing cells: jobs == 1 through ``runner.execute``, jobs > 1 (or any ``vary`` other
-    than ``all``, whose cells the runner does not plan) in a process pool."""
+    than ``all``, whose cells the runner does not plan) in a process pool. With ``base_run``, a
+    ``vary`` run first takes its seeds[0] records from that run (`reuse_base_records`)."""
     if jobs <= 0:
         return
     if jobs == 1 and vary == "all":
         execute(cfg)
         return
     p = plan(cfg)
+    if base_run and vary != "all":
+        n = reuse_base_records(cfg, base_run, [c for _, c in study_cells(p.cells, vary, cfg.seeds)])
+        if n:
+            print(f"run {cfg.run}: took {n} seed-{cfg.seeds[0]} record(s) from run {base_run} (same cells)", file=sys.stderr)
     done = {r.get("hash") for r in store.load_records(cfg.run_dir) if r.get("status") == "ok"}
     todo = [c for _, c in study_cells(p.cells, vary, cfg.seeds) if c.hash() not in done]
     print(f"run {cfg.run}: {len(p.cells)} cells, {len(todo)} to run in {jobs} processes", file=sys.stderr)
@@ -158,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = a.run if a.vary == "all" else f"{a.run}-{a.vary}"
         cfg = study_config(a.categories, a.generators, a.seeds, a.results_dir, a.device, run, a.set)
-        run_study(cfg, a.jobs, a.vary)
+        run_study(cfg, a.jobs, a.vary, a.run)
         rows, ok = table(cfg, a.vary)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
