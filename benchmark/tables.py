@@ -176,7 +176,9 @@ def columns(records: list[dict], dataset: str) -> Columns:
     variants: dict[tuple, list[tuple]] = {}
     for key in groups:
         variants.setdefault(key[:2], []).append(key)
-    for (g, d), keys in variants.items():
+    # detectors side by side, each with its unsupervised ("none") column first, so that a table's
+    # columns do not follow the order in which record files happen to be read
+    for (g, d), keys in sorted(variants.items(), key=lambda kv: (kv[0][1], kv[0][0] != "none", kv[0][0])):
         name = method_name(g, d, several)
         if len(keys) == 1:
             out.records[name] = groups[keys[0]]
@@ -274,6 +276,26 @@ def diffusion_budget(records: list[dict]) -> str:
     return head + " | ".join(parts)
 
 
+def execution_note(cols: Columns) -> str:
+    """Where the columns' cells ran, when that differs between cells: device and torch version are
+    execution fields, left out of the cell hash (a CUDA cell and a CPU cell of one config are the
+    same cell), but their numbers differ in the last digits or more, so a table that mixes them
+    says which column ran where; a column whose own seeds mix them is named as mixed. "" when
+    every cell ran on the same device with the same torch."""
+    def where(r: dict) -> str:
+        return f"{r['config'].get('device') or 'cpu'}, torch {(r.get('versions') or {}).get('torch', '?')}"
+
+    by_col = {col: sorted({where(r) for r in rs}) for col, rs in cols.records.items() if rs}
+    settings = {w for ws in by_col.values() for w in ws}
+    if len(settings) < 2:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for col, ws in by_col.items():
+        groups.setdefault(ws[0] if len(ws) == 1 else "mixed (" + " / ".join(ws) + ")", []).append(col)
+    return "cells ran on different devices or torch versions: " + " | ".join(
+        f"{w}: {', '.join(cs)}" for w, cs in sorted(groups.items()))
+
+
 def _joined(values) -> str:
     return "/".join(str(v) for v in sorted(set(values), key=str))
 
@@ -333,6 +355,9 @@ def build_table(records: list[dict], dataset: str, kind: str, run: str = "",
         left = [c for c in categories if c not in eligible]
         notes.insert(0, f"{PARTIAL_MARK} average over the {len(eligible)} of {len(categories)} categories where "
                         f"every column has a value (left out: {', '.join(left)})")
+    ran = execution_note(cols)
+    if ran:
+        notes.append(ran)
     if any(s.n_failed for s in table_stats.values()):
         notes.append("failed: every seed of that cell failed; (k failed): k seeds failed, the value is over the "
                      "rest; errors are in the records")

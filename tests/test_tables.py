@@ -133,6 +133,36 @@ def test_execution_fields_and_absent_fields_do_not_split_columns():
     assert sorted(tables.columns(recs, "ds").records) == ["g [config 1]", "g [config 2]"]
 
 
+def test_columns_are_grouped_by_detector_with_the_unsupervised_column_first():
+    recs = [make_record("a", g, d) for g, d in
+            [("z", "unet"), ("none", "unet"), ("b", "anomalib:Padim"), ("none", "anomalib:Padim"), ("a", "unet")]]
+    for order in (recs, recs[::-1]):  # the order the record files were read in does not matter
+        assert list(tables.columns(order, "ds").records) == [
+            "no augmentation / anomalib:Padim", "b / anomalib:Padim",
+            "no augmentation / unet", "a / unet", "z / unet"]
+
+
+def test_table_says_which_columns_ran_on_another_device_or_torch():
+    def rec(g, seed, device, torch):
+        r = make_record("a", g, seed=seed, cfg={"device": device})
+        r["versions"] = {"torch": torch}
+        return r
+
+    same = [rec("g", s, "cpu", "2.14.1") for s in (0, 1)] + [rec("h", s, "cpu", "2.14.1") for s in (0, 1)]
+    t = tables.build_table(same, "ds", "auroc")
+    assert not any("devices" in n for n in t.notes) and tables.execution_note(tables.columns(same, "ds")) == ""
+    gpu = [rec("g", s, "cpu", "2.14.1") for s in (0, 1)] + [rec("h", s, "cuda", "2.11.0") for s in (0, 1)]
+    t = tables.build_table(gpu, "ds", "auroc")
+    assert ("cells ran on different devices or torch versions: cpu, torch 2.14.1: g | cuda, torch 2.11.0: h"
+            in t.notes)
+    # a column whose own seeds ran in two places is named as mixed
+    mixed = gpu[:3] + [rec("h", 1, "cpu", "2.14.1")]
+    assert tables.execution_note(tables.columns(mixed, "ds")) == (
+        "cells ran on different devices or torch versions: cpu, torch 2.14.1: g | "
+        "mixed (cpu, torch 2.14.1 / cuda, torch 2.11.0): h")
+    assert "mixed (cpu, torch 2.14.1 / cuda, torch 2.11.0): h" in tables.build_table(mixed, "ds", "auroc").markdown()
+
+
 def test_header_says_whether_the_diffusion_generators_share_start_and_budget():
     prior = {"prior": {"steps": 400}, "steps": 180, "ddim_steps": 8}
     recs = [make_record("a", g, cfg={"generator_cfg": dict(prior)}) for g in ("dhdiff", "anomalydiffusion")]
