@@ -176,8 +176,9 @@ def columns(records: list[dict], dataset: str) -> Columns:
     variants: dict[tuple, list[tuple]] = {}
     for key in groups:
         variants.setdefault(key[:2], []).append(key)
-    # detectors side by side, each with its unsupervised ("none") column first, so that a table's
-    # columns do not follow the order in which record files happen to be read
+    # detectors side by side, each with its unsupervised column first (generation.NO_GENERATOR,
+    # "none" as in compare.method_name; not imported: that module pulls in the generators), so that
+    # a table's columns do not follow the order in which record files happen to be read
     for (g, d), keys in sorted(variants.items(), key=lambda kv: (kv[0][1], kv[0][0] != "none", kv[0][0])):
         name = method_name(g, d, several)
         if len(keys) == 1:
