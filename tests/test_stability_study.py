@@ -89,3 +89,26 @@ def test_vary_run_takes_the_ordinary_seed0_records(tmp_path):
         json.loads(store.record_path(base.run_dir, by["cutpaste", 0].hash()).read_text())
     assert reuse_base_records(vary, "s", cells) == 0                         # already there
     assert reuse_base_records(vary, "no_such_run", cells) == 0
+
+
+def test_values_come_in_seed_order(tmp_path):
+    """`--values` prints "each seed's values": they must be in seed order, not in the order the
+    record files are read (hash order), or a doc quoting "seed 4 is the low one" names the wrong seed."""
+    from benchmark import store
+    from benchmark.record import CellRecord
+    from benchmark.runner import plan
+    from benchmark.studies.stability import study_config, table
+
+    cfg = study_config(run="o", categories="weave", generators="cutpaste", seeds="0,1,2,3,4",
+                       results_dir=str(tmp_path), sets=["detectors=unet"])
+    cells = plan(cfg).cells
+    assert [c.hash() for c in cells] != sorted(c.hash() for c in cells)   # file order is not seed order
+    for c in cells:
+        store.write_record(cfg.run_dir, CellRecord(hash=c.hash(), config=c.to_dict(), status="ok",
+                                                   metrics={"image_auroc": 0.5 + c.seed / 100,
+                                                            "pixel_auroc": 0.9 - c.seed / 100},
+                                                   eval={"label": [0, 1], "score": [0.2, 0.9]},
+                                                   timings={"total": 1.0}).to_dict())
+    rows, _ = table(cfg)
+    assert rows[0]["image_auroc_all"] == [50.0, 51.0, 52.0, 53.0, 54.0]
+    assert rows[0]["pixel_auroc_all"] == [90.0, 89.0, 88.0, 87.0, 86.0]

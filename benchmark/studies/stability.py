@@ -128,7 +128,8 @@ def table(cfg: RunConfig, vary: str = "all") -> tuple[list[dict], bool]:
     cats = list(dict.fromkeys(c.category for c in p.cells))
     for cat in cats:
         for gen in cfg.generators:
-            recs = list(groups.get((cat, gen), {}).values())
+            by_seed = groups.get((cat, gen), {})
+            recs = [by_seed[s] for s in sorted(by_seed)]   # seed order: `--values` lists seeds 0, 1, ...
             rows.append({"category": cat, "generator": gen, **summarise(recs, len(cfg.seeds))})
     return rows, all(r["pass"] for r in rows)
 
