@@ -1,6 +1,7 @@
 """The U-Net detector: learns a visible defect from pairs; image score is the pooled-map max."""
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from detectors import DetectorContext, create_detector
 from detectors.unet import SegmentationUNet, focal_loss, image_scores
@@ -36,6 +37,17 @@ def test_focal_loss_prefers_right_answers():
     t = torch.zeros(1, 4, 4, dtype=torch.long)
     good = torch.stack([torch.full((1, 4, 4), 3.0), torch.full((1, 4, 4), -3.0)], 1)
     assert focal_loss(good, t) < focal_loss(-good, t)
+
+
+def test_focal_loss_at_gamma_0_is_cross_entropy_and_gamma_discounts_easy_pixels():
+    """docs/stability.md §9 compares focal_gamma 0 with the default 2: 0 must be exactly torch's
+    cross-entropy, and 2 must weigh each pixel by (1 - p_t)^2, or that comparison is of something else."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 5, 5, generator=g)
+    t = torch.rand(2, 5, 5, generator=g) > 0.7
+    assert torch.allclose(focal_loss(logits, t, 0.0), F.cross_entropy(logits, t.long()), atol=1e-7)
+    ce = F.cross_entropy(logits, t.long(), reduction="none")
+    assert torch.allclose(focal_loss(logits, t, 2.0), ((1 - (-ce).exp()) ** 2 * ce).mean(), atol=1e-7)
 
 
 def test_unet_learns_the_defect_and_is_seeded():
