@@ -109,11 +109,38 @@ def test_stem_decodes_at_half_the_input_side(weights_cache, monkeypatch):
 
 
 def test_new_options_stay_out_of_the_resolved_config_at_their_defaults():
-    """``stem`` and ``ensemble`` are omitted while at their defaults, so existing cells keep their hashes."""
+    """``stem``, ``ensemble`` and ``change_threshold`` are omitted while at their defaults, so
+    existing cells keep their hashes."""
     from benchmark.schema import resolved
 
     cls = get_detector_class("feature_segmenter")
     cfg = resolved(cls.resolve_config({"backbone_weights": "none"}, "d"))
-    assert "stem" not in cfg and "ensemble" not in cfg
-    cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3}, "d"))
-    assert cfg["stem"] is True and cfg["ensemble"] == 3
+    assert "stem" not in cfg and "ensemble" not in cfg and "change_threshold" not in cfg
+    cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3,
+                                       "change_threshold": 8}, "d"))
+    assert cfg["stem"] is True and cfg["ensemble"] == 3 and cfg["change_threshold"] == 8
+    with pytest.raises(ConfigError, match="change_threshold"):
+        cls.resolve_config({"change_threshold": 256}, "detector_cfg.feature_segmenter")
+
+
+def test_change_threshold_keeps_only_the_mask_pixels_that_changed():
+    """A 4 x 4 paste whose left half changed by 20 and right half by 5 (of 255) on one channel:
+    threshold 8 keeps the left half, 0 keeps the mask; a pair without a source is refused."""
+    from detectors.feature_segmenter import pair_target
+
+    normals = np.full((2, 8, 8, 3), 100, np.uint8)
+    normals[0, 2:6, 2:4, 1] = 120          # from this (wrong) source the left half did not change
+    image = normals[1].copy()
+    image[2:6, 2:4, 1] += 20
+    image[2:6, 4:6, 1] -= 5
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    pair = Pair(image, mask, "crack", source=1)
+    changed = np.zeros((8, 8), np.float32)
+    changed[2:6, 2:4] = 1
+    np.testing.assert_array_equal(pair_target(pair, normals, 8), changed)
+    np.testing.assert_array_equal(pair_target(pair, normals, 4), mask.astype(np.float32))
+    np.testing.assert_array_equal(pair_target(pair, normals, 0), mask.astype(np.float32))
+    np.testing.assert_array_equal(pair_target(Pair(image, mask, "crack", source=0), normals, 8)[2:6, 2:4], 0)
+    with pytest.raises(ValueError, match="change_threshold=8 .* 'crack' pair has no source"):
+        pair_target(Pair(image, mask, "crack"), normals, 8)
