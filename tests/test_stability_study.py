@@ -25,6 +25,9 @@ def test_summarise_sample_std_and_verdict():
                          {"category": "wood", "generator": "crop_paste", **missing}], 5)
     assert "| wood | cutpaste | 5 | 82.0 ± 1.6 | 92.2 ± 1.9 | 10 | PASS |" in text
     assert "incomplete (4/5)" in text
+    one = summarise([_rec(0.80, 0.90)], 1)   # --seeds 0: values without a std, and no FAIL
+    assert format_table([{"category": "wood", "generator": "cutpaste", **one}], 1).splitlines()[-1] == \
+        "| wood | cutpaste | 1 | 80.0 | 90.0 | 10 | no std (1 seed) |"
 
 
 def test_vary_detector_or_data_splits_the_seed():
