@@ -38,7 +38,7 @@ _STEM_CHANNELS = 64           # ResNet-50 conv1 + bn1 + relu output (stride 2)
 class FeatureSegmenterConfig:
     backbone: str = option("resnet50", choices=BACKBONES)
     backbone_weights: str = option("imagenet", help="imagenet | none | <state-dict path> (detectors.backbones)")
-    width: int = option(32, ge=4, help="decoder channels at stride 4 (x2 at 8, x4 at 16)")
+    width: int = option(32, ge=4, help="decoder channels at stride 4 (x2 at 8, x4 at 16); head: decoder only")
     steps: int = option(300, ge=1, help="decoder optimiser steps")
     batch_size: int = option(16, ge=2, help="half normals, half generated pairs")
     lr: float = option(1e-3, gt=0, help="Adam learning rate, cosine-decayed to 0")
@@ -54,10 +54,24 @@ class FeatureSegmenterConfig:
     ensemble: int = option(1, ge=1, omit_default=True,
                            help="decoders trained from their own seeds on the same frozen features, maps "
                                 "averaged (the encoder runs once, so K costs K decoder trainings)")
+    head: str = option("decoder", choices=("decoder", "linear"), omit_default=True,
+                       help="decoder: the U-Net-style decoder; linear: per-pixel logistic regression on the "
+                            "layer1-3 features at stride 4 (no spatial layers, no width, no stem)")
+    context: int = option(0, ge=0, omit_default=True,
+                          help="head: linear only: > 0 adds each layer's (2c+1)-square neighbourhood mean "
+                               "as inputs (still linear), so a pixel can be told from its surroundings")
     change_threshold: int = option(0, ge=0, le=255, omit_default=True,
                                    help="> 0: a pair's target is only the mask pixels that differ from the normal "
                                         "it edits (Pair.source) by more than this on some channel (0-255); "
                                         "0: the generator's mask as it is")
+
+    def __post_init__(self):
+        if self.head == "linear" and self.stem:
+            raise ValueError("head='linear' has no stem: it reads layer1-3 at stride 4; use stem: false "
+                             "or head: decoder")
+        if self.context and self.head != "linear":
+            raise ValueError(f"context={self.context} is an input of head='linear'; the decoder has its own "
+                             f"3 x 3 layers (use context: 0 with head: {self.head!r})")
 
 
 def pair_target(pair: Pair, normals: np.ndarray, change_threshold: int = 0) -> np.ndarray:
@@ -117,6 +131,34 @@ class FeatureDecoder(nn.Module):
         return self.head(x)
 
 
+class LinearHead(nn.Module):
+    """Per-pixel logistic regression on the frozen features: logits = sum over layer1-3 of a 1x1
+    conv, upsampled bilinearly to stride 4. Linear in the features, so one rare pair pulls it less
+    than it pulls the decoder: a probe for how much of a cell's seed spread is the decoder's
+    capacity (docs/stability.md §11: steady on the object CutPaste cells where the decoder is
+    not, unsteady and lower on wood; ``context`` steadies wood's pixel AUROC, not its image AUROC)."""
+
+    def __init__(self, context: int = 0):
+        super().__init__()
+        self.context = context
+        self.proj = nn.ModuleList([nn.Conv2d(c * (2 if context else 1), 2, 1) for c in _CHANNELS])
+
+    def _inputs(self, f: torch.Tensor) -> torch.Tensor:
+        f = f.float()
+        if not self.context:
+            return f
+        k = 2 * self.context + 1
+        return torch.cat([f, F.avg_pool2d(f, k, stride=1, padding=self.context, count_include_pad=False)], 1)
+
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        f1, f2, f3 = feats[-3:]
+        logits = self.proj[0](self._inputs(f1))
+        for conv, f in zip(self.proj[1:], (f2, f3)):
+            logits = logits + F.interpolate(conv(self._inputs(f)), size=logits.shape[-2:], mode="bilinear",
+                                            align_corners=False)
+        return logits
+
+
 @register_detector("feature_segmenter")
 class FeatureSegmenter(Detector):
     uses_pairs = True
@@ -125,7 +167,7 @@ class FeatureSegmenter(Detector):
     def __init__(self, **cfg):
         super().__init__(**cfg)
         self.encoder = None
-        self.decoders: list[FeatureDecoder] = []   # one unless ``ensemble`` > 1; member 0 from the cell seed
+        self.decoders: list[nn.Module] = []   # one unless ``ensemble`` > 1; member 0 from the cell seed
         self.loss_history: list[float] = []
 
     def weights_info(self) -> dict | None:
@@ -142,7 +184,7 @@ class FeatureSegmenter(Detector):
         return (x - mean) / std
 
     @property
-    def decoder(self) -> FeatureDecoder | None:
+    def decoder(self) -> nn.Module | None:
         """Member 0: the decoder of the cell seed (the whole detector when ``ensemble`` is 1)."""
         return self.decoders[0] if self.decoders else None
 
@@ -189,7 +231,7 @@ class FeatureSegmenter(Detector):
         c = self.config
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        decoder = FeatureDecoder(c.width, c.stem).to(self.device)
+        decoder = (LinearHead(c.context) if c.head == "linear" else FeatureDecoder(c.width, c.stem)).to(self.device)
         opt = torch.optim.Adam(decoder.parameters(), lr=c.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps)
         half = c.batch_size // 2

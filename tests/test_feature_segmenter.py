@@ -109,13 +109,13 @@ def test_stem_decodes_at_half_the_input_side(weights_cache, monkeypatch):
 
 
 def test_new_options_stay_out_of_the_resolved_config_at_their_defaults():
-    """``stem``, ``ensemble`` and ``change_threshold`` are omitted while at their defaults, so
+    """``stem``, ``ensemble``, ``head``, ``context`` and ``change_threshold`` are omitted while at their defaults, so
     existing cells keep their hashes."""
     from benchmark.schema import resolved
 
     cls = get_detector_class("feature_segmenter")
     cfg = resolved(cls.resolve_config({"backbone_weights": "none"}, "d"))
-    assert "stem" not in cfg and "ensemble" not in cfg and "change_threshold" not in cfg
+    assert not {"stem", "ensemble", "head", "context", "change_threshold"} & set(cfg)
     cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3,
                                        "change_threshold": 8}, "d"))
     assert cfg["stem"] is True and cfg["ensemble"] == 3 and cfg["change_threshold"] == 8
@@ -144,3 +144,56 @@ def test_change_threshold_keeps_only_the_mask_pixels_that_changed():
     np.testing.assert_array_equal(pair_target(Pair(image, mask, "crack", source=0), normals, 8)[2:6, 2:4], 0)
     with pytest.raises(ValueError, match="change_threshold=8 .* 'crack' pair has no source"):
         pair_target(Pair(image, mask, "crack"), normals, 8)
+
+
+def test_linear_head_is_linear_in_the_features_and_learns_the_pairs(weights_cache, monkeypatch):
+    """``head: linear`` is per-pixel logistic regression: its logits move linearly with the features
+    (no hidden layer, no normalisation), come out at layer1's stride, and still rank a pasted
+    square above normals; it is seeded like the decoder and refuses the stem it cannot use."""
+    from detectors.feature_segmenter import LinearHead
+
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
+    torch.manual_seed(0)
+    head = LinearHead()
+    feats = [torch.randn(2, c, s, s) for c, s in ((256, 16), (512, 8), (1024, 4))]
+    zero = head(*[torch.zeros_like(f) for f in feats])
+    out = head(*feats)
+    assert out.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(head(*[3 * f for f in feats]) - zero, 3 * (out - zero), rtol=1e-4, atol=1e-4)
+    other = [f.flip(0) for f in feats]
+    torch.testing.assert_close(head(*[a + b for a, b in zip(feats, other)]) - zero,
+                               (out - zero) + (head(*other) - zero), rtol=1e-4, atol=1e-4)
+    det, (scores, maps) = _fit(seed=0, head="linear", lr=3e-2)
+    assert isinstance(det.decoder, LinearHead) and len(det.decoders) == 1
+    assert scores[3] > scores[:3].max()
+    assert maps[3, 30:46, 20:36].mean() > maps[3].mean()
+    _, (scores2, _) = _fit(seed=0, head="linear", lr=3e-2)
+    np.testing.assert_array_equal(scores, scores2)
+    cls = get_detector_class("feature_segmenter")
+    with pytest.raises(ConfigError, match=r"^d: head='linear' has no stem"):
+        cls.resolve_config({"backbone_weights": "none", "head": "linear", "stem": True}, "d")
+    with pytest.raises(ConfigError, match=r"^d\.head: expected one of decoder, linear"):
+        cls.resolve_config({"backbone_weights": "none", "head": "mlp"}, "d")
+    with pytest.raises(ConfigError, match=r"^d: context=2 is an input of head='linear'"):
+        cls.resolve_config({"backbone_weights": "none", "context": 2}, "d")
+
+
+def test_linear_head_context_reads_the_neighbourhood_and_stays_linear():
+    """``context: c`` adds each layer's (2c+1)-square mean as inputs: a change of layer1 at one
+    place moves the logits two places away only with context, and the head is still linear."""
+    from detectors.feature_segmenter import LinearHead
+
+    torch.manual_seed(0)
+    feats = [torch.randn(1, c, s, s) for c, s in ((256, 16), (512, 8), (1024, 4))]
+    moved = [f.clone() for f in feats]
+    moved[0][0, :, 5, 5] += 1.0
+    for context, changes in ((0, False), (2, True)):
+        torch.manual_seed(1)
+        head = LinearHead(context)
+        delta = (head(*moved) - head(*feats)).abs()
+        assert delta[0, :, 5, 5].max() > 1e-3
+        assert bool(delta[0, :, 5, 7].max() > 1e-4) is changes
+        assert float(delta[0, :, 5, 8:].max()) == 0.0        # past the 5 x 5 window: untouched
+        zero = head(*[torch.zeros_like(f) for f in feats])
+        torch.testing.assert_close(head(*[2 * f for f in feats]) - zero, 2 * (head(*feats) - zero),
+                                   rtol=1e-4, atol=1e-4)
