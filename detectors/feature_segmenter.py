@@ -58,8 +58,14 @@ class FeatureSegmenterConfig:
                        help="decoder: the U-Net-style decoder; linear: per-pixel logistic regression on the "
                             "layer1-3 features at stride 4 (no spatial layers, no width, no stem)")
     context: int = option(0, ge=0, omit_default=True,
-                          help="head: linear only: > 0 adds each layer's (2c+1)-square neighbourhood mean "
+                          help="linear heads only: > 0 adds each layer's (2c+1)-square neighbourhood mean "
                                "as inputs (still linear), so a pixel can be told from its surroundings")
+    linear_members: int = option(0, ge=0, omit_default=True,
+                                 help="head: decoder only: this many linear heads (lr linear_lr) trained beside the "
+                                      "ensemble decoders; each member's log-odds is standardised by its mean and std "
+                                      "over the training normals' pixels and the map is the sigmoid of their mean "
+                                      "(a probability average would be the decoders' map alone: docs/stability.md §12)")
+    linear_lr: float = option(0.01, gt=0, omit_default=True, help="Adam learning rate of the linear_members heads")
     change_threshold: int = option(0, ge=0, le=255, omit_default=True,
                                    help="> 0: a pair's target is only the mask pixels that differ from the normal "
                                         "it edits (Pair.source) by more than this on some channel (0-255); "
@@ -69,9 +75,12 @@ class FeatureSegmenterConfig:
         if self.head == "linear" and self.stem:
             raise ValueError("head='linear' has no stem: it reads layer1-3 at stride 4; use stem: false "
                              "or head: decoder")
-        if self.context and self.head != "linear":
-            raise ValueError(f"context={self.context} is an input of head='linear'; the decoder has its own "
-                             f"3 x 3 layers (use context: 0 with head: {self.head!r})")
+        if self.context and self.head != "linear" and not self.linear_members:
+            raise ValueError(f"context={self.context} is an input of linear heads; the decoder has its own "
+                             f"3 x 3 layers (use context: 0 with head: {self.head!r}, or linear_members > 0)")
+        if self.linear_members and self.head != "decoder":
+            raise ValueError(f"linear_members={self.linear_members} adds linear heads beside decoders; with "
+                             f"head={self.head!r} every member is already linear (use head: decoder)")
 
 
 def pair_target(pair: Pair, normals: np.ndarray, change_threshold: int = 0) -> np.ndarray:
@@ -92,6 +101,11 @@ def pair_target(pair: Pair, normals: np.ndarray, change_threshold: int = 0) -> n
         diff = np.abs(pair.image.astype(np.int16) - normals[pair.source].astype(np.int16)).max(-1)
         mask = mask & (diff > change_threshold)
     return mask.astype(np.float32)
+
+
+def _log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """Anomaly log-odds of 2-class logits [B, 2, h, w] -> [B, h, w] (softmax's class 1 = sigmoid of this)."""
+    return logits[:, 1] - logits[:, 0]
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -168,6 +182,7 @@ class FeatureSegmenter(Detector):
         super().__init__(**cfg)
         self.encoder = None
         self.decoders: list[nn.Module] = []   # one unless ``ensemble`` > 1; member 0 from the cell seed
+        self.standardise: list[tuple[float, float]] | None = None   # per member, with linear_members
         self.loss_history: list[float] = []
 
     def weights_info(self) -> dict | None:
@@ -218,21 +233,43 @@ class FeatureSegmenter(Detector):
         masks = torch.from_numpy(np.stack([pair_target(p, normals, c.change_threshold) for p in pairs]))[:, None]
         masks = (F.interpolate(masks, size=(4 * h1, 4 * w1), mode="area")[:, 0] > 0.5)
         self.decoders, histories = [], []
-        for seed in ensemble_seeds(ctx.seed, c.ensemble, "feature_segmenter-ensemble"):
-            decoder, history = self._train_one(feats_n, feats_p, masks, seed)
+        members = [(seed, c.head, c.lr) for seed in ensemble_seeds(ctx.seed, c.ensemble, "feature_segmenter-ensemble")]
+        if c.linear_members:   # their own seeds: decoder 0 keeps the cell seed, as without them
+            members += [(seed, "linear", c.linear_lr) for seed in
+                        ensemble_seeds(ctx.seed, c.linear_members + 1, "feature_segmenter-linear")[1:]]
+        for seed, head, lr in members:
+            decoder, history = self._train_one(feats_n, feats_p, masks, seed, head, lr)
             self.decoders.append(decoder)
             histories.append(history)
         self.loss_history = histories[0]
+        self.standardise = None
+        if c.linear_members:
+            self.standardise = [self._normal_logit_stats(d, feats_n) for d in self.decoders]
+
+    @torch.no_grad()
+    def _normal_logit_stats(self, member: nn.Module, feats_n: list[torch.Tensor]) -> tuple[float, float]:
+        """Mean and std of one member's log-odds over every pixel of the training normals. Why:
+        members of different kinds answer on different scales (a linear head's normal pixels sit
+        at probabilities below 1e-5, a decoder's do not), so a probability average is whichever
+        member has the wider range; in units of its own spread on normals each member counts alike."""
+        member.eval()
+        total, total_sq, n = 0.0, 0.0, 0
+        bs = self.config.predict_batch_size
+        for start in range(0, len(feats_n[0]), bs):
+            z = _log_odds(member(*[f[start:start + bs].to(self.device) for f in feats_n])).double()
+            total, total_sq, n = total + float(z.sum()), total_sq + float((z * z).sum()), n + z.numel()
+        mean = total / n
+        return mean, max((total_sq / n - mean * mean), 1e-12) ** 0.5
 
     def _train_one(self, feats_n: list[torch.Tensor], feats_p: list[torch.Tensor], masks: torch.Tensor,
-                   seed: int) -> tuple[FeatureDecoder, list[float]]:
-        """One decoder from ``seed`` alone (init and batch order): common random numbers across
+                   seed: int, head: str, lr: float) -> tuple[nn.Module, list[float]]:
+        """One member from ``seed`` alone (init and batch order): common random numbers across
         generators, as in `detectors.unet`."""
         c = self.config
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        decoder = (LinearHead(c.context) if c.head == "linear" else FeatureDecoder(c.width, c.stem)).to(self.device)
-        opt = torch.optim.Adam(decoder.parameters(), lr=c.lr)
+        decoder = (LinearHead(c.context) if head == "linear" else FeatureDecoder(c.width, c.stem)).to(self.device)
+        opt = torch.optim.Adam(decoder.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps)
         half = c.batch_size // 2
         n_normals, n_pairs = len(feats_n[0]), len(feats_p[0])
@@ -263,7 +300,11 @@ class FeatureSegmenter(Detector):
         maps = []
         for start in range(0, len(images), self.config.predict_batch_size):
             f = [t.to(self.device) for t in self._features(images[start:start + self.config.predict_batch_size])]
-            p = sum(d(*f).softmax(1)[:, 1:2] for d in self.decoders) / len(self.decoders)
+            if self.standardise:
+                z = sum((_log_odds(d(*f)) - m) / sd for d, (m, sd) in zip(self.decoders, self.standardise))
+                p = torch.sigmoid(z / len(self.decoders))[:, None]
+            else:
+                p = sum(d(*f).softmax(1)[:, 1:2] for d in self.decoders) / len(self.decoders)
             maps.append(F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu())
         m = torch.cat(maps)
         return image_scores(m, self.config.pool_size).double().numpy(), m.numpy().astype(np.float32)

@@ -93,9 +93,9 @@ def test_stem_decodes_at_half_the_input_side(weights_cache, monkeypatch):
     monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
     train_one, targets = FeatureSegmenter._train_one, []
 
-    def recording(self, feats_n, feats_p, masks, seed):
+    def recording(self, feats_n, feats_p, masks, *args):
         targets.append(tuple(masks.shape[-2:]))
-        return train_one(self, feats_n, feats_p, masks, seed)
+        return train_one(self, feats_n, feats_p, masks, *args)
 
     monkeypatch.setattr(FeatureSegmenter, "_train_one", recording)
     rng = np.random.default_rng(1)
@@ -115,7 +115,7 @@ def test_new_options_stay_out_of_the_resolved_config_at_their_defaults():
 
     cls = get_detector_class("feature_segmenter")
     cfg = resolved(cls.resolve_config({"backbone_weights": "none"}, "d"))
-    assert not {"stem", "ensemble", "head", "context", "change_threshold"} & set(cfg)
+    assert not {"stem", "ensemble", "head", "context", "change_threshold", "linear_members", "linear_lr"} & set(cfg)
     cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3,
                                        "change_threshold": 8}, "d"))
     assert cfg["stem"] is True and cfg["ensemble"] == 3 and cfg["change_threshold"] == 8
@@ -174,7 +174,7 @@ def test_linear_head_is_linear_in_the_features_and_learns_the_pairs(weights_cach
         cls.resolve_config({"backbone_weights": "none", "head": "linear", "stem": True}, "d")
     with pytest.raises(ConfigError, match=r"^d\.head: expected one of decoder, linear"):
         cls.resolve_config({"backbone_weights": "none", "head": "mlp"}, "d")
-    with pytest.raises(ConfigError, match=r"^d: context=2 is an input of head='linear'"):
+    with pytest.raises(ConfigError, match=r"^d: context=2 is an input of linear heads"):
         cls.resolve_config({"backbone_weights": "none", "context": 2}, "d")
 
 
@@ -197,3 +197,42 @@ def test_linear_head_context_reads_the_neighbourhood_and_stays_linear():
         zero = head(*[torch.zeros_like(f) for f in feats])
         torch.testing.assert_close(head(*[2 * f for f in feats]) - zero, 2 * (head(*feats) - zero),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_linear_members_count_alike_whatever_their_scale(weights_cache, monkeypatch):
+    """``linear_members: k`` trains k linear heads beside the decoders and averages each member's
+    log-odds in units of its own spread on the training normals: decoder 0 is still the cell
+    seed's, the map still finds the square, and scaling one member's log-odds by 0.1 leaves the
+    map as it was (a probability average would follow the scaled member)."""
+    from detectors.feature_segmenter import FeatureDecoder, LinearHead
+
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
+    single, _ = _fit(seed=0, ensemble=2)
+    det, (scores, maps) = _fit(seed=0, ensemble=2, linear_members=2, linear_lr=3e-2)
+    assert [type(d) for d in det.decoders] == [FeatureDecoder, FeatureDecoder, LinearHead, LinearHead]
+    for a, b in zip(single.decoders, det.decoders[:2]):
+        for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    assert scores[3] > scores[:3].max()
+    assert maps[3, 30:46, 20:36].mean() > maps[3].mean()
+    _, (scores2, maps2) = _fit(seed=0, ensemble=2, linear_members=2, linear_lr=3e-2)
+    np.testing.assert_array_equal(maps, maps2)
+    rng = np.random.default_rng(7)
+    images = np.concatenate([_flat(rng, 2), _square(_flat(rng, 1)[0], 12, 30, 16)[0][None]])
+    feats_n = det._features(_flat(np.random.default_rng(0), 6))
+
+    def standardised_map():
+        det.standardise = [det._normal_logit_stats(d, feats_n) for d in det.decoders]
+        return det.predict(images)[1]
+
+    before = standardised_map()
+    with torch.no_grad():
+        for conv in det.decoders[2].proj:   # a linear head: its log-odds become 0.1 x what they were
+            conv.weight.mul_(0.1)
+            conv.bias.mul_(0.1)
+    np.testing.assert_allclose(standardised_map(), before, rtol=0, atol=1e-5)
+    cls = get_detector_class("feature_segmenter")
+    with pytest.raises(ConfigError, match=r"^d: linear_members=1 adds linear heads beside decoders"):
+        cls.resolve_config({"backbone_weights": "none", "head": "linear", "linear_members": 1}, "d")
+    cfg = cls.resolve_config({"backbone_weights": "none", "linear_members": 1, "context": 2}, "d")
+    assert cfg.linear_members == 1 and cfg.context == 2
