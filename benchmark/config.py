@@ -28,7 +28,7 @@ from .schema import ConfigError, build, option, resolved
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # presets: run configs in configs/ (component defaults such as dhdiff_quick.yaml are not presets)
 PRESETS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("dhdiff")))
-RECORD_SCHEMA = 2   # bump when the record layout changes (docs/records.md)
+RECORD_SCHEMA = 3   # bump when the record layout or meaning changes (docs/records.md)
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 

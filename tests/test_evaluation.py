@@ -169,8 +169,15 @@ def test_pixel_sample_same_positions_for_every_generator(tmp_path):
     other = sample(0, "draem", index + 0.5)  # another generator of the same seed: same pixels
     assert np.array_equal(np.array(other["score"]) - 0.5, pos) and other["label"] == s["label"]
     assert not np.array_equal(np.array(sample(1, "cutpaste", index)["score"], np.int64), pos)
-    rounded = sample(0, "cutpaste", index / 3.0)["score"]  # 5 decimals
-    assert rounded[0][0] == round(pos[0][0] / 3.0, 5)
+    rounded = sample(0, "cutpaste", index / 3.0)["score"]  # 6 significant digits
+    assert rounded[0][0] == float(f"{pos[0][0] / 3.0:.6g}")
+    # A confident detector: the same ranking with every score below 1e-5. The sample keeps it, so
+    # its pixel AUROC is the unscaled map's (5 decimals made every score 0: AUROC 0.5).
+    _, noisy, _ = _outputs(ev, 32)
+    plain, confident = sample(0, "cutpaste", noisy), sample(0, "cutpaste", noisy * 1e-7)
+    labels = np.concatenate(plain["label"])
+    assert M.auroc(labels, np.concatenate(confident["score"])) == M.auroc(labels, np.concatenate(plain["score"]))
+    assert M.auroc(labels, np.concatenate(plain["score"])) > 0.6
 
 
 def test_pixel_sample_size_and_image_level(tmp_path):
