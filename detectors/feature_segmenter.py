@@ -66,6 +66,10 @@ class FeatureSegmenterConfig:
                                       "over the training normals' pixels and the map is the sigmoid of their mean "
                                       "(a probability average would be the decoders' map alone: docs/stability.md §12)")
     linear_lr: float = option(0.01, gt=0, omit_default=True, help="Adam learning rate of the linear_members heads")
+    member_scale: str = option("std", choices=("std", "tail"), omit_default=True,
+                               help="with linear_members: each member's log-odds in units of its spread on the "
+                                    "training normals' pixels: std (minus the mean, over the std) or tail (minus "
+                                    "the median, over the 99.9th percentile minus the median)")
     change_threshold: int = option(0, ge=0, le=255, omit_default=True,
                                    help="> 0: a pair's target is only the mask pixels that differ from the normal "
                                         "it edits (Pair.source) by more than this on some channel (0-255); "
@@ -78,6 +82,9 @@ class FeatureSegmenterConfig:
         if self.context and self.head != "linear" and not self.linear_members:
             raise ValueError(f"context={self.context} is an input of linear heads; the decoder has its own "
                              f"3 x 3 layers (use context: 0 with head: {self.head!r}, or linear_members > 0)")
+        if self.member_scale != "std" and not self.linear_members:
+            raise ValueError(f"member_scale={self.member_scale!r} scales the members of a mixed ensemble; "
+                             f"set linear_members > 0 or leave member_scale at std")
         if self.linear_members and self.head != "decoder":
             raise ValueError(f"linear_members={self.linear_members} adds linear heads beside decoders; with "
                              f"head={self.head!r} every member is already linear (use head: decoder)")
@@ -248,18 +255,21 @@ class FeatureSegmenter(Detector):
 
     @torch.no_grad()
     def _normal_logit_stats(self, member: nn.Module, feats_n: list[torch.Tensor]) -> tuple[float, float]:
-        """Mean and std of one member's log-odds over every pixel of the training normals. Why:
-        members of different kinds answer on different scales (a linear head's normal pixels sit
-        at probabilities below 1e-5, a decoder's do not), so a probability average is whichever
-        member has the wider range; in units of its own spread on normals each member counts alike."""
+        """Location and scale of one member's log-odds over every pixel of the training normals
+        (``member_scale``). Why: members of different kinds answer on different scales (a linear
+        head's normal pixels sit at probabilities below 1e-5, a decoder's do not), so a probability
+        average is whichever member has the wider range; in units of its own spread on normals
+        each member counts alike. ``tail`` measures that spread where the image score looks, at
+        the top of the normals: a member that lights up on some normal pixels counts for less."""
         member.eval()
-        total, total_sq, n = 0.0, 0.0, 0
         bs = self.config.predict_batch_size
-        for start in range(0, len(feats_n[0]), bs):
-            z = _log_odds(member(*[f[start:start + bs].to(self.device) for f in feats_n])).double()
-            total, total_sq, n = total + float(z.sum()), total_sq + float((z * z).sum()), n + z.numel()
-        mean = total / n
-        return mean, max((total_sq / n - mean * mean), 1e-12) ** 0.5
+        z = torch.cat([_log_odds(member(*[f[start:start + bs].to(self.device) for f in feats_n])).double().cpu()
+                       .reshape(-1) for start in range(0, len(feats_n[0]), bs)])
+        if self.config.member_scale == "tail":
+            median = float(torch.quantile(z, 0.5))   # the midpoint of the two middle values, as numpy
+            return median, max(float(torch.quantile(z, 0.999)) - median, 1e-12)
+        mean = float(z.mean())
+        return mean, max(float((z * z).mean()) - mean * mean, 1e-12) ** 0.5
 
     def _train_one(self, feats_n: list[torch.Tensor], feats_p: list[torch.Tensor], masks: torch.Tensor,
                    seed: int, head: str, lr: float) -> tuple[nn.Module, list[float]]:

@@ -115,7 +115,8 @@ def test_new_options_stay_out_of_the_resolved_config_at_their_defaults():
 
     cls = get_detector_class("feature_segmenter")
     cfg = resolved(cls.resolve_config({"backbone_weights": "none"}, "d"))
-    assert not {"stem", "ensemble", "head", "context", "change_threshold", "linear_members", "linear_lr"} & set(cfg)
+    assert not {"stem", "ensemble", "head", "context", "change_threshold", "linear_members", "linear_lr",
+                "member_scale"} & set(cfg)
     cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3,
                                        "change_threshold": 8}, "d"))
     assert cfg["stem"] is True and cfg["ensemble"] == 3 and cfg["change_threshold"] == 8
@@ -236,3 +237,28 @@ def test_linear_members_count_alike_whatever_their_scale(weights_cache, monkeypa
         cls.resolve_config({"backbone_weights": "none", "head": "linear", "linear_members": 1}, "d")
     cfg = cls.resolve_config({"backbone_weights": "none", "linear_members": 1, "context": 2}, "d")
     assert cfg.linear_members == 1 and cfg.context == 2
+
+
+def test_member_scale_measures_each_member_on_the_normals():
+    """``member_scale``: std is (mean, std) of a member's log-odds over the normals' pixels, tail is
+    (median, 99.9th percentile - median); a member with a few bright normal pixels gets a wider
+    tail than its std says. Only a mixed ensemble has members to scale."""
+    rng = np.random.default_rng(3)
+    odds = rng.normal(-4.0, 1.0, (10, 16, 16))
+    odds[0, :2, :2] = 30.0                     # four bright pixels on one normal
+
+    class Fixed(torch.nn.Module):              # logits whose class-1 minus class-0 is ``odds``
+        def forward(self, f1, f2, f3):
+            return torch.stack([torch.zeros_like(f1[:, 0]), f1[:, 0]], 1)
+
+    feats = [torch.from_numpy(odds)[:, None], torch.zeros(10, 1, 8, 8), torch.zeros(10, 1, 4, 4)]
+    flat_odds = odds.reshape(-1)
+    for scale, want in (("std", (flat_odds.mean(), flat_odds.std())),
+                        ("tail", (np.median(flat_odds), np.quantile(flat_odds, 0.999) - np.median(flat_odds)))):
+        det = create_detector("feature_segmenter", backbone_weights="none", linear_members=1, member_scale=scale,
+                              predict_batch_size=4)
+        det.device = torch.device("cpu")
+        np.testing.assert_allclose(det._normal_logit_stats(Fixed(), feats), want, rtol=1e-12)
+    cls = get_detector_class("feature_segmenter")
+    with pytest.raises(ConfigError, match=r"^d: member_scale='tail' scales the members of a mixed ensemble"):
+        cls.resolve_config({"backbone_weights": "none", "member_scale": "tail"}, "d")
