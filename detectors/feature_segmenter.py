@@ -66,6 +66,10 @@ class FeatureSegmenterConfig:
                                       "over the training normals' pixels and the map is the sigmoid of their mean "
                                       "(a probability average would be the decoders' map alone: docs/stability.md §12)")
     linear_lr: float = option(0.01, gt=0, omit_default=True, help="Adam learning rate of the linear_members heads")
+    feature_dropout: float = option(0.0, ge=0, lt=1, omit_default=True,
+                                    help="training only: each frozen feature channel is zeroed with this probability "
+                                         "per sample and step (the rest scaled up), so a member cannot lean on the few "
+                                         "channels one draw of pairs happens to excite")
     member_scale: str = option("std", choices=("std", "tail"), omit_default=True,
                                help="with linear_members: each member's log-odds in units of its spread on the "
                                     "training normals' pixels: std (minus the mean, over the std) or tail (minus "
@@ -289,6 +293,8 @@ class FeatureSegmenter(Detector):
             i_n = torch.randint(n_normals, (c.batch_size - half,), generator=gen)
             i_p = torch.randint(n_pairs, (half,), generator=gen)
             f = [torch.cat([fn[i_n], fp[i_p]]).to(self.device) for fn, fp in zip(feats_n, feats_p)]
+            if c.feature_dropout:   # from the global generator, seeded above: the member's seed decides it
+                f = [F.dropout2d(t.float(), c.feature_dropout) for t in f]
             target = torch.cat([torch.zeros(len(i_n), *masks.shape[1:], dtype=torch.bool), masks[i_p]]).to(self.device)
             logits = F.interpolate(decoder(*f), size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = focal_loss(logits, target, c.focal_gamma)

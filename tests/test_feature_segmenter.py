@@ -116,7 +116,7 @@ def test_new_options_stay_out_of_the_resolved_config_at_their_defaults():
     cls = get_detector_class("feature_segmenter")
     cfg = resolved(cls.resolve_config({"backbone_weights": "none"}, "d"))
     assert not {"stem", "ensemble", "head", "context", "change_threshold", "linear_members", "linear_lr",
-                "member_scale"} & set(cfg)
+                "member_scale", "feature_dropout"} & set(cfg)
     cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3,
                                        "change_threshold": 8}, "d"))
     assert cfg["stem"] is True and cfg["ensemble"] == 3 and cfg["change_threshold"] == 8
@@ -262,3 +262,20 @@ def test_member_scale_measures_each_member_on_the_normals():
     cls = get_detector_class("feature_segmenter")
     with pytest.raises(ConfigError, match=r"^d: member_scale='tail' scales the members of a mixed ensemble"):
         cls.resolve_config({"backbone_weights": "none", "member_scale": "tail"}, "d")
+
+
+def test_feature_dropout_is_seeded_training_only_and_still_learns(weights_cache, monkeypatch):
+    """``feature_dropout`` zeroes feature channels while a member trains, from the member's seed:
+    the same seed gives the same maps, the option gives other weights than without it, the
+    square is still found, and predicting twice gives the same map (no dropout at prediction)."""
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
+    det, (scores, maps) = _fit(seed=0, feature_dropout=0.5)
+    _, (_, maps2) = _fit(seed=0, feature_dropout=0.5)
+    np.testing.assert_array_equal(maps, maps2)
+    plain, _ = _fit(seed=0)
+    assert not torch.equal(det.decoder.head.weight, plain.decoder.head.weight)
+    assert scores[3] > scores[:3].max()
+    images = _flat(np.random.default_rng(5), 2)
+    np.testing.assert_array_equal(det.predict(images)[1], det.predict(images)[1])
+    with pytest.raises(ConfigError, match=r"feature_dropout"):
+        get_detector_class("feature_segmenter").resolve_config({"feature_dropout": 1.0}, "d")
