@@ -74,6 +74,11 @@ class FeatureSegmenterConfig:
                                help="with linear_members: each member's log-odds in units of its spread on the "
                                     "training normals' pixels: std (minus the mean, over the std) or tail (minus "
                                     "the median, over the 99.9th percentile minus the median)")
+    image_score: str = option("map", choices=("map", "members"), omit_default=True,
+                              help="map: max of the average-pooled map (pool_size); members: each member's own "
+                                   "such score in log-odds, standardised by its mean and std over the training "
+                                   "normals, averaged, so each member has an equal say in the ranking whatever its "
+                                   "scale (docs/stability.md §13); the pixel map is unchanged")
     change_threshold: int = option(0, ge=0, le=255, omit_default=True,
                                    help="> 0: a pair's target is only the mask pixels that differ from the normal "
                                         "it edits (Pair.source) by more than this on some channel (0-255); "
@@ -194,6 +199,7 @@ class FeatureSegmenter(Detector):
         self.encoder = None
         self.decoders: list[nn.Module] = []   # one unless ``ensemble`` > 1; member 0 from the cell seed
         self.standardise: list[tuple[float, float]] | None = None   # per member, with linear_members
+        self.image_standardise: list[tuple[float, float]] | None = None   # per member, image_score: members
         self.loss_history: list[float] = []
 
     def weights_info(self) -> dict | None:
@@ -256,6 +262,46 @@ class FeatureSegmenter(Detector):
         self.standardise = None
         if c.linear_members:
             self.standardise = [self._normal_logit_stats(d, feats_n) for d in self.decoders]
+        self.image_standardise = None
+        if c.image_score == "members":
+            self.image_standardise = self._normal_image_stats(feats_n, normals.shape[1:3])
+
+    def _member_image_logits(self, logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Each member's image score alone, in log-odds: [members, B]. The score is the one
+        ``image_score: map`` gives a one-member detector (the map at the image size, average-pooled,
+        its maximum; the maximum of the pooled log-odds, as log-odds are monotone), in float64 and
+        with 1 - p pooled from sigmoid(-z), so that a linear head's near-certain answers (p within
+        1e-16 of 0 or 1) keep their order. The pool is separable: the same zero-padded mean over
+        pool_size^2 pixels in 2 x pool_size adds per pixel instead of pool_size^2."""
+        k = self.config.pool_size
+
+        def pool(x: torch.Tensor) -> torch.Tensor:
+            x = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)
+            x = F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0))
+            return F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2))[:, 0]
+
+        out = []
+        for lo in logits:
+            z = _log_odds(lo).double()
+            p, q = pool(torch.sigmoid(z)), pool(torch.sigmoid(-z))   # q + padding = 1 - p, without cancelling
+            q = q + (1 - pool(torch.ones_like(z)))
+            out.append((torch.log(p) - torch.log(q)).flatten(1).amax(1))
+        return torch.stack(out).cpu()
+
+    @torch.no_grad()
+    def _normal_image_stats(self, feats_n: list[torch.Tensor], size: tuple[int, int]) -> list[tuple[float, float]]:
+        """Mean and std of each member's image log-odds over the training normals
+        (``image_score: members``). Why: a linear head answers near 0 or 1 and a decoder in
+        between, so the maximum of their averaged map is whichever member is most certain on an
+        image (docs/stability.md §12: the linear heads on wood's good images); in units of its own
+        spread over normal images each member ranks with an equal weight."""
+        bs = self.config.predict_batch_size
+        z = torch.cat([self._member_image_logits([d(*[f[start:start + bs].to(self.device) for f in feats_n])
+                                                  for d in self.decoders], size)
+                       for start in range(0, len(feats_n[0]), bs)], 1)
+        mean = z.mean(1)
+        sd = ((z - mean[:, None]) ** 2).mean(1).sqrt().clamp_min(1e-12)
+        return [(float(m), float(s)) for m, s in zip(mean, sd)]
 
     @torch.no_grad()
     def _normal_logit_stats(self, member: nn.Module, feats_n: list[torch.Tensor]) -> tuple[float, float]:
@@ -313,14 +359,22 @@ class FeatureSegmenter(Detector):
         if not self.decoders:
             raise RuntimeError("feature_segmenter: predict() before fit()")
         h, w = images.shape[1:3]
-        maps = []
+        maps, members = [], []
         for start in range(0, len(images), self.config.predict_batch_size):
             f = [t.to(self.device) for t in self._features(images[start:start + self.config.predict_batch_size])]
+            logits = [d(*f) for d in self.decoders]
             if self.standardise:
-                z = sum((_log_odds(d(*f)) - m) / sd for d, (m, sd) in zip(self.decoders, self.standardise))
+                z = sum((_log_odds(lo) - m) / sd for lo, (m, sd) in zip(logits, self.standardise))
                 p = torch.sigmoid(z / len(self.decoders))[:, None]
             else:
-                p = sum(d(*f).softmax(1)[:, 1:2] for d in self.decoders) / len(self.decoders)
+                p = sum(lo.softmax(1)[:, 1:2] for lo in logits) / len(self.decoders)
             maps.append(F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu())
+            if self.image_standardise:
+                members.append(self._member_image_logits(logits, (h, w)))
         m = torch.cat(maps)
+        if self.image_standardise:
+            z = torch.cat(members, 1)
+            mean = torch.tensor([a for a, _ in self.image_standardise], dtype=torch.float64)[:, None]
+            sd = torch.tensor([b for _, b in self.image_standardise], dtype=torch.float64)[:, None]
+            return ((z - mean) / sd).mean(0).numpy(), m.numpy().astype(np.float32)
         return image_scores(m, self.config.pool_size).double().numpy(), m.numpy().astype(np.float32)

@@ -116,7 +116,7 @@ def test_new_options_stay_out_of_the_resolved_config_at_their_defaults():
     cls = get_detector_class("feature_segmenter")
     cfg = resolved(cls.resolve_config({"backbone_weights": "none"}, "d"))
     assert not {"stem", "ensemble", "head", "context", "change_threshold", "linear_members", "linear_lr",
-                "member_scale", "feature_dropout"} & set(cfg)
+                "member_scale", "feature_dropout", "image_score"} & set(cfg)
     cfg = resolved(cls.resolve_config({"backbone_weights": "none", "stem": True, "ensemble": 3,
                                        "change_threshold": 8}, "d"))
     assert cfg["stem"] is True and cfg["ensemble"] == 3 and cfg["change_threshold"] == 8
@@ -279,3 +279,53 @@ def test_feature_dropout_is_seeded_training_only_and_still_learns(weights_cache,
     np.testing.assert_array_equal(det.predict(images)[1], det.predict(images)[1])
     with pytest.raises(ConfigError, match=r"feature_dropout"):
         get_detector_class("feature_segmenter").resolve_config({"feature_dropout": 1.0}, "d")
+
+
+def test_member_image_logits_are_each_members_own_score_in_log_odds_without_saturating():
+    """A member's image log-odds is the log-odds of the score a one-member detector gives (max of
+    the pool_size average pool of its map at the image size): a constant map of log-odds c scores
+    exactly c, even at c = +-60 where a probability is 1 or 0 in float64 and every image would tie;
+    an 8 x 8 square of c = 3 on a map of -9 scores the log-odds of the pooled probability."""
+    det = create_detector("feature_segmenter", backbone_weights="none", pool_size=5)
+
+    def logits(odds):          # 2-class logits whose class-1 minus class-0 is ``odds``
+        odds = torch.as_tensor(odds, dtype=torch.float32)
+        return torch.stack([torch.zeros_like(odds), odds], 1)
+
+    cs = [-60.0, -5.0, 0.0, 5.0, 45.0, 60.0]
+    got = det._member_image_logits([logits(torch.full((len(cs), 8, 8), 1.0) * torch.tensor(cs)[:, None, None])],
+                                   (32, 32))
+    assert got.shape == (1, len(cs))
+    np.testing.assert_allclose(got[0].numpy(), cs, rtol=1e-12, atol=1e-6)
+    square = torch.full((1, 16, 16), -9.0)
+    square[0, 4:12, 4:12] = 3.0
+    want = torch.sigmoid(torch.nn.functional.interpolate(square.double()[:, None], size=(16, 16), mode="bilinear",
+                                                         align_corners=False))
+    pooled = float(torch.nn.functional.avg_pool2d(want, 5, stride=1, padding=2).max())
+    np.testing.assert_allclose(float(det._member_image_logits([logits(square)], (16, 16))[0, 0]),
+                               np.log(pooled / (1 - pooled)), rtol=1e-12)
+
+
+def test_image_score_members_standardises_each_members_own_score_on_the_normals(weights_cache, monkeypatch):
+    """``image_score: members``: an image's score is the mean over members of the member's own
+    image score (what a one-member detector of it scores), in log-odds, minus its mean over the
+    training normals, over its std there; the pixel map is the one ``image_score: map`` gives, and
+    the square still ranks first."""
+    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
+    det, (scores, maps) = _fit(seed=0, ensemble=2, image_score="members")
+    plain, (_, plain_maps) = _fit(seed=0, ensemble=2)
+    np.testing.assert_array_equal(maps, plain_maps)
+    assert scores[3] > scores[:3].max()
+    rng = np.random.default_rng(0)
+    [_flat(rng, 1) for _ in range(6)]          # the pairs' draws in _fit
+    normals = _flat(rng, 6)
+    rng = np.random.default_rng(4)
+    images = np.concatenate([_flat(rng, 3), _square(_flat(rng, 1)[0], 10, 40, 16)[0][None]])
+    own = []
+    for d in det.decoders:                     # each member alone, through the plain map path
+        plain.decoders = [d]
+        odds = [np.log(s / (1 - s)) for s in (plain.predict(normals)[0], plain.predict(images)[0])]
+        own.append((odds[1] - odds[0].mean()) / odds[0].std())
+    np.testing.assert_allclose(det.predict(images)[0], np.mean(own, 0), rtol=1e-4, atol=1e-4)   # float32 maps there
+    with pytest.raises(ConfigError, match=r"image_score"):
+        get_detector_class("feature_segmenter").resolve_config({"image_score": "mean"}, "d")
