@@ -280,11 +280,12 @@ class FeatureSegmenter(Detector):
             x = F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0))
             return F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2))[:, 0]
 
-        out = []
+        out, padding = [], None
         for lo in logits:
             z = _log_odds(lo).double()
-            p, q = pool(torch.sigmoid(z)), pool(torch.sigmoid(-z))   # q + padding = 1 - p, without cancelling
-            q = q + (1 - pool(torch.ones_like(z)))
+            if padding is None:   # the share of each window outside the map: 0 inside, exactly
+                padding = 1 - pool(torch.ones_like(z))
+            p, q = pool(torch.sigmoid(z)), pool(torch.sigmoid(-z)) + padding   # q = 1 - p, without cancelling
             out.append((torch.log(p) - torch.log(q)).flatten(1).amax(1))
         return torch.stack(out).cpu()
 
