@@ -161,20 +161,6 @@ class FeatureDecoder(nn.Module):
         return self.head(x)
 
 
-def neighbourhood_means(feats: list[torch.Tensor], context: int) -> list[torch.Tensor]:
-    """The (2c+1)-square means of layer1-3 (float32): the inputs a linear head's ``context`` adds.
-    The pool never mixes images, so each image's means are the same whichever batch computes
-    them: `FeatureSegmenter.fit` computes them once per training image and indexes them per step
-    (the same values, not recomputed 300 times per member)."""
-    k = 2 * context + 1
-    return [F.avg_pool2d(f.float(), k, stride=1, padding=context, count_include_pad=False) for f in feats[-3:]]
-
-
-# Neighbourhood means of the training images are kept (float32) when they fit in this many bytes;
-# past it (large images, many pairs) each step computes its batch's, with the same values.
-_NEIGHBOURHOOD_CACHE_BYTES = 4 << 30
-
-
 class LinearHead(nn.Module):
     """Per-pixel logistic regression on the frozen features: logits = sum over layer1-3 of a 1x1
     conv, upsampled bilinearly to stride 4. Linear in the features, so one rare pair pulls it less
@@ -187,14 +173,19 @@ class LinearHead(nn.Module):
         self.context = context
         self.proj = nn.ModuleList([nn.Conv2d(c * (2 if context else 1), 2, 1) for c in _CHANNELS])
 
-    def forward(self, *feats: torch.Tensor, neighbourhoods: list[torch.Tensor] | None = None) -> torch.Tensor:
-        feats = [f.float() for f in feats[-3:]]
-        if self.context:
-            pooled = neighbourhood_means(feats, self.context) if neighbourhoods is None else neighbourhoods
-            feats = [torch.cat([f, g], 1) for f, g in zip(feats, pooled)]
-        logits = self.proj[0](feats[0])
-        for conv, f in zip(self.proj[1:], feats[1:]):
-            logits = logits + F.interpolate(conv(f), size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    def _inputs(self, f: torch.Tensor) -> torch.Tensor:
+        f = f.float()
+        if not self.context:
+            return f
+        k = 2 * self.context + 1
+        return torch.cat([f, F.avg_pool2d(f, k, stride=1, padding=self.context, count_include_pad=False)], 1)
+
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        f1, f2, f3 = feats[-3:]
+        logits = self.proj[0](self._inputs(f1))
+        for conv, f in zip(self.proj[1:], (f2, f3)):
+            logits = logits + F.interpolate(conv(self._inputs(f)), size=logits.shape[-2:], mode="bilinear",
+                                            align_corners=False)
         return logits
 
 
@@ -263,16 +254,8 @@ class FeatureSegmenter(Detector):
         if c.linear_members:   # their own seeds: decoder 0 keeps the cell seed, as without them
             members += [(seed, "linear", c.linear_lr) for seed in
                         ensemble_seeds(ctx.seed, c.linear_members + 1, "feature_segmenter-linear")[1:]]
-        neighbourhoods = None
-        if c.context and not c.feature_dropout and (c.head == "linear" or c.linear_members):
-            n_values = sum(f[:1].numel() for f in feats_n[-3:]) * (len(feats_n[0]) + len(feats_p[0]))
-            if 4 * n_values <= _NEIGHBOURHOOD_CACHE_BYTES:   # dropout changes the features per step: not then
-                bs = c.predict_batch_size
-                neighbourhoods = tuple([torch.cat(parts) for parts in zip(*[
-                    neighbourhood_means([f[start:start + bs] for f in feats], c.context)
-                    for start in range(0, len(feats[0]), bs)])] for feats in (feats_n, feats_p))
         for seed, head, lr in members:
-            decoder, history = self._train_one(feats_n, feats_p, masks, seed, head, lr, neighbourhoods)
+            decoder, history = self._train_one(feats_n, feats_p, masks, seed, head, lr)
             self.decoders.append(decoder)
             histories.append(history)
         self.loss_history = histories[0]
@@ -340,12 +323,9 @@ class FeatureSegmenter(Detector):
         return mean, max(float((z * z).mean()) - mean * mean, 1e-12) ** 0.5
 
     def _train_one(self, feats_n: list[torch.Tensor], feats_p: list[torch.Tensor], masks: torch.Tensor,
-                   seed: int, head: str, lr: float,
-                   neighbourhoods: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-                   ) -> tuple[nn.Module, list[float]]:
+                   seed: int, head: str, lr: float) -> tuple[nn.Module, list[float]]:
         """One member from ``seed`` alone (init and batch order): common random numbers across
-        generators, as in `detectors.unet`. ``neighbourhoods``: the normals' and pairs' context
-        means, computed once (`neighbourhood_means`), for a linear head."""
+        generators, as in `detectors.unet`."""
         c = self.config
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -363,12 +343,7 @@ class FeatureSegmenter(Detector):
             if c.feature_dropout:   # from the global generator, seeded above: the member's seed decides it
                 f = [F.dropout2d(t.float(), c.feature_dropout) for t in f]
             target = torch.cat([torch.zeros(len(i_n), *masks.shape[1:], dtype=torch.bool), masks[i_p]]).to(self.device)
-            if head == "linear" and neighbourhoods is not None:
-                g = [torch.cat([gn[i_n], gp[i_p]]).to(self.device) for gn, gp in zip(*neighbourhoods)]
-                out = decoder(*f, neighbourhoods=g)
-            else:
-                out = decoder(*f)
-            logits = F.interpolate(out, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(decoder(*f), size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = focal_loss(logits, target, c.focal_gamma)
             if c.dice_weight:
                 loss = loss + c.dice_weight * soft_dice_loss(logits, target)
@@ -388,8 +363,7 @@ class FeatureSegmenter(Detector):
         maps, members = [], []
         for start in range(0, len(images), self.config.predict_batch_size):
             f = [t.to(self.device) for t in self._features(images[start:start + self.config.predict_batch_size])]
-            pooled = neighbourhood_means(f, self.config.context) if self.config.context else None
-            logits = [d(*f, neighbourhoods=pooled) if isinstance(d, LinearHead) else d(*f) for d in self.decoders]
+            logits = [d(*f) for d in self.decoders]
             if self.standardise:
                 z = sum((_log_odds(lo) - m) / sd for lo, (m, sd) in zip(logits, self.standardise))
                 p = torch.sigmoid(z / len(self.decoders))[:, None]

@@ -329,27 +329,3 @@ def test_image_score_members_standardises_each_members_own_score_on_the_normals(
     np.testing.assert_allclose(det.predict(images)[0], np.mean(own, 0), rtol=1e-4, atol=1e-4)   # float32 maps there
     with pytest.raises(ConfigError, match=r"image_score"):
         get_detector_class("feature_segmenter").resolve_config({"image_score": "mean"}, "d")
-
-
-def test_neighbourhood_means_kept_once_train_the_same_heads(weights_cache, monkeypatch):
-    """With ``context`` the training images' neighbourhood means are computed once and indexed per
-    step (a speed-up, `_NEIGHBOURHOOD_CACHE_BYTES`): the heads, maps and scores are exactly those
-    of computing them per step, and a detector past the cache's size computes them per step."""
-    import detectors.feature_segmenter as fs
-
-    monkeypatch.setenv("HELIXBENCH_WEIGHTS", str(weights_cache[0]))
-    calls = []
-    means = fs.neighbourhood_means
-    monkeypatch.setattr(fs, "neighbourhood_means", lambda feats, c: calls.append(len(feats[0])) or means(feats, c))
-    cfg = dict(seed=0, ensemble=1, linear_members=2, context=2, image_score="members")
-    cached, (scores, maps) = _fit(**cfg)
-    assert calls[:2] == [6, 6]                 # once for the 6 normals, once for the 6 pairs; then prediction
-    monkeypatch.setattr(fs, "_NEIGHBOURHOOD_CACHE_BYTES", 0)
-    calls.clear()
-    per_step, (scores2, maps2) = _fit(**cfg)
-    assert calls[:2] == [4, 4]                 # each step's batch of 4, for the first linear head
-    for a, b in zip(cached.decoders, per_step.decoders):
-        for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
-            torch.testing.assert_close(pa, pb, rtol=0, atol=0)
-    np.testing.assert_array_equal(scores, scores2)
-    np.testing.assert_array_equal(maps, maps2)
