@@ -269,7 +269,7 @@ class FeatureSegmenter(Detector):
     def _member_image_logits(self, logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Each member's image score alone, in log-odds: [members, B]. The score is the one
         ``image_score: map`` gives a one-member detector (the map at the image size, average-pooled,
-        its maximum; the maximum of the pooled log-odds, as log-odds are monotone), in float64 and
+        its maximum, then taken to log-odds, which keeps the order), in float64 and
         with 1 - p pooled from sigmoid(-z), so that a linear head's near-certain answers (p within
         1e-16 of 0 or 1) keep their order. The pool is separable: the same zero-padded mean over
         pool_size^2 pixels in 2 x pool_size adds per pixel instead of pool_size^2."""
