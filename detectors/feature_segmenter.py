@@ -171,20 +171,29 @@ class LinearHead(nn.Module):
     def __init__(self, context: int = 0):
         super().__init__()
         self.context = context
+        # weights over [features, neighbourhood means] (2C inputs with context): the model as defined
         self.proj = nn.ModuleList([nn.Conv2d(c * (2 if context else 1), 2, 1) for c in _CHANNELS])
 
-    def _inputs(self, f: torch.Tensor) -> torch.Tensor:
+    def _layer_logits(self, conv: nn.Conv2d, f: torch.Tensor) -> torch.Tensor:
+        """One layer's logits: W_f f + W_m mean(f) + b. The neighbourhood mean and a 1 x 1 conv
+        are both linear and act on different axes (space, channels), so W_m mean(f) = mean(W_m f):
+        one conv to 4 outputs, then the mean of its 2 W_m outputs, the same function (equal up to
+        float rounding) as pooling all C channels and a conv on 2C. Why: pooling C channels and
+        concatenating them was most of a linear head's training step (2.4x slower per step)."""
         f = f.float()
         if not self.context:
-            return f
+            return conv(f)
+        c = f.shape[1]
+        w, b = conv.weight, conv.bias
+        y = F.conv2d(f, torch.cat([w[:, :c], w[:, c:]]), torch.cat([b, torch.zeros_like(b)]))
         k = 2 * self.context + 1
-        return torch.cat([f, F.avg_pool2d(f, k, stride=1, padding=self.context, count_include_pad=False)], 1)
+        return y[:, :2] + F.avg_pool2d(y[:, 2:], k, stride=1, padding=self.context, count_include_pad=False)
 
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
         f1, f2, f3 = feats[-3:]
-        logits = self.proj[0](self._inputs(f1))
+        logits = self._layer_logits(self.proj[0], f1)
         for conv, f in zip(self.proj[1:], (f2, f3)):
-            logits = logits + F.interpolate(conv(self._inputs(f)), size=logits.shape[-2:], mode="bilinear",
+            logits = logits + F.interpolate(self._layer_logits(conv, f), size=logits.shape[-2:], mode="bilinear",
                                             align_corners=False)
         return logits
 

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmark import weights as W
 from benchmark.schema import ConfigError
@@ -29,12 +30,12 @@ def weights_cache(tmp_path_factory):
     return cache, meta
 
 
-def _fit(seed, **cfg):
+def _fit(seed, feature_cache=None, **cfg):
     rng = np.random.default_rng(0)
     pairs = [Pair(*_square(_flat(rng, 1)[0], 4 + 5 * i, 6 + 4 * i, 16), "square") for i in range(6)]
     det = create_detector("feature_segmenter", **{"steps": 40, "width": 8, "batch_size": 4, "lr": 3e-3,
                                                   "pool_size": 5, **cfg})
-    det.fit(_flat(rng, 6), pairs, DetectorContext("tex", seed=seed, image_size=64))
+    det.fit(_flat(rng, 6), pairs, DetectorContext("tex", seed=seed, image_size=64, feature_cache=feature_cache))
     anomalous, _ = _square(_flat(rng, 1)[0], 30, 20, 16)
     return det, det.predict(np.concatenate([_flat(rng, 3), anomalous[None]]))
 
@@ -198,6 +199,38 @@ def test_linear_head_context_reads_the_neighbourhood_and_stays_linear():
         zero = head(*[torch.zeros_like(f) for f in feats])
         torch.testing.assert_close(head(*[2 * f for f in feats]) - zero, 2 * (head(*feats) - zero),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_linear_head_with_context_is_the_defined_model():
+    """The head pools its 2 context logits instead of the C feature channels; that must be the
+    model as defined, a 1 x 1 conv on [f, (2c+1)-square mean of f] (count_include_pad off), in
+    the output and in the weights' gradients, for channels-last features as the encoder gives."""
+    from detectors.feature_segmenter import LinearHead
+
+    torch.manual_seed(0)
+    feats = [torch.randn(2, c, s, s).contiguous(memory_format=torch.channels_last)
+             for c, s in ((256, 16), (512, 8), (1024, 4))]
+    for context in (1, 2):
+        torch.manual_seed(1)
+        head = LinearHead(context)
+        with torch.no_grad():   # the bias of the mean half must not be pooled away: make it count
+            for conv in head.proj:
+                conv.bias.add_(0.5)
+        k = 2 * context + 1
+
+        def defined(conv, f, k=k, context=context):
+            pooled = F.avg_pool2d(f, k, stride=1, padding=context, count_include_pad=False)
+            return conv(torch.cat([f, pooled], 1))
+
+        ref = defined(head.proj[0], feats[0])
+        for conv, f in zip(head.proj[1:], feats[1:]):
+            ref = ref + F.interpolate(defined(conv, f), size=ref.shape[-2:], mode="bilinear", align_corners=False)
+        out = head(*feats)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        grads = torch.autograd.grad((out * ref.detach()).sum(), list(head.parameters()))
+        grads_ref = torch.autograd.grad((ref * ref.detach()).sum(), list(head.parameters()))
+        for g, r in zip(grads, grads_ref):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
 def test_linear_members_count_alike_whatever_their_scale(weights_cache, monkeypatch):
