@@ -133,7 +133,8 @@ def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
         det_seed = cfg.seed if cfg.detector_seed is None else cfg.detector_seed
         ctx = DetectorContext(category=cfg.category, device=cfg.device, seed=det_seed,
                               image_size=cfg.image_size,
-                              work_dir=Path(cache_dir) / "work" / f"det-{cfg.hash()}")
+                              work_dir=Path(cache_dir) / "work" / f"det-{cfg.hash()}",
+                              feature_cache=Path(cache_dir) / "features")
         detector.fit(normals, pairs if detector.uses_pairs else [], ctx)
         t = lap("fit", t)
         record.weights = detector.weights_info()

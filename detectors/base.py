@@ -31,6 +31,9 @@ class DetectorContext:
     seed: int = 0
     work_dir: Path | None = None
     image_size: int = 128
+    # shared between cells: exact-reuse caches such as frozen-encoder features (detectors.feature_cache);
+    # None: compute everything in the cell
+    feature_cache: Path | None = None
 
 
 class Detector(ABC):

@@ -14,6 +14,7 @@ from the cell, the last weights used) and so does the image score (max of the av
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 from benchmark.schema import option
 from generators.base import Pair
 
-from . import register_detector
+from . import feature_cache, register_detector
 from .backbones import BACKBONES, load_backbone
 from .base import Detector, DetectorContext, ensemble_seeds
 from .unet import cap_pairs, focal_loss, image_scores, soft_dice_loss
@@ -210,6 +211,7 @@ class FeatureSegmenter(Detector):
         self.standardise: list[tuple[float, float]] | None = None   # per member, with linear_members
         self.image_standardise: list[tuple[float, float]] | None = None   # per member, image_score: members
         self.loss_history: list[float] = []
+        self._feature_cache: Path | None = None
 
     def weights_info(self) -> dict | None:
         if self.encoder is None:
@@ -244,6 +246,21 @@ class FeatureSegmenter(Detector):
                 acc.append(f.half().cpu())
         return [torch.cat(a) for a in out]
 
+    def _data_features(self, images: np.ndarray) -> list[torch.Tensor]:
+        """``_features`` of data-set images (training normals, evaluation images), read from the
+        shared feature cache when another cell computed them the same way (the key holds the
+        images, the weights' sha256, the sizes, torch's version, the threads and the device: a
+        hit is bit-identical). Generated pairs are not cached: no other cell shows them.
+        Random-init weights (``none``) have no sha256 to key on, so they are never cached."""
+        ref = self.encoder.weights_ref
+        if self._feature_cache is None or ref.sha256 is None:
+            return self._features(images)
+        c = self.config
+        parts = {"backbone": c.backbone, "weights_sha256": ref.sha256, "stride": ref.stride, "size": self._size,
+                 "stem": c.stem, "batch": c.predict_batch_size, "torch": torch.__version__,
+                 "threads": torch.get_num_threads(), "device": str(self.device)}
+        return feature_cache.cached(self._feature_cache, parts, images, self._features)
+
     def fit(self, normals: np.ndarray, pairs: list[Pair], ctx: DetectorContext) -> None:
         c = self.config
         if not pairs:
@@ -252,8 +269,9 @@ class FeatureSegmenter(Detector):
         self._size = int(c.image_size or ctx.image_size)
         self.encoder = load_backbone(c.backbone, c.backbone_weights, where="detector_cfg.feature_segmenter.backbone")
         self.encoder.to(self.device)
+        self._feature_cache = ctx.feature_cache
         pairs = cap_pairs(pairs, c.max_pairs_per_defect)
-        feats_n = self._features(normals)
+        feats_n = self._data_features(normals)
         feats_p = self._features(np.stack([p.image for p in pairs]))
         h1, w1 = feats_n[-3].shape[-2:]   # layer1 (stride 4): targets at 4x its side, with or without the stem
         masks = torch.from_numpy(np.stack([pair_target(p, normals, c.change_threshold) for p in pairs]))[:, None]
@@ -370,8 +388,10 @@ class FeatureSegmenter(Detector):
             raise RuntimeError("feature_segmenter: predict() before fit()")
         h, w = images.shape[1:3]
         maps, members = [], []
-        for start in range(0, len(images), self.config.predict_batch_size):
-            f = [t.to(self.device) for t in self._features(images[start:start + self.config.predict_batch_size])]
+        bs = self.config.predict_batch_size
+        feats = self._data_features(images)   # in the same batches of predict_batch_size as before
+        for start in range(0, len(images), bs):
+            f = [t[start:start + bs].to(self.device) for t in feats]
             logits = [d(*f) for d in self.decoders]
             if self.standardise:
                 z = sum((_log_odds(lo) - m) / sd for lo, (m, sd) in zip(logits, self.standardise))
