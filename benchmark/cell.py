@@ -23,6 +23,7 @@ from .config import CellConfig
 from .datasets import DataError, create_dataset, load_image, load_mask
 from .evaluation import evaluate_with_sample
 from .generation import NO_GENERATOR, Progress, log, make_pairs, torch_thread_count
+from .malloc import keep_freed_memory
 from .record import CellRecord
 from .split import Split, few_shot_split
 from .versions import package_versions
@@ -67,6 +68,7 @@ def cell_split(cfg: CellConfig, samples: pd.DataFrame) -> Split:
 def generate_only(cfg: CellConfig, cache_dir: str | Path = "results/cache", progress: Progress | None = None):
     """Make (or find) the cell's generated set and nothing else, with ``cfg.generate_threads``:
     what run_cell does before training, so a later run_cell reads the same set from the cache."""
+    keep_freed_memory()
     adapter = create_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_cfg)
     split = cell_split(cfg, adapter.samples(cfg.category))
     normals = load_images(split.train_normals, cfg.image_size)
@@ -77,6 +79,7 @@ def generate_only(cfg: CellConfig, cache_dir: str | Path = "results/cache", prog
 def run_cell(cfg: CellConfig, cache_dir: str | Path = "results/cache",
              progress: Progress | None = None) -> dict:
     """Run one cell and return its record; failures are recorded, never raised."""
+    keep_freed_memory()   # speed only (benchmark.malloc)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     record = CellRecord(hash=cfg.hash(), config=cfg.to_dict(), versions=package_versions(),
