@@ -120,6 +120,23 @@ def pair_target(pair: Pair, normals: np.ndarray, change_threshold: int = 0) -> n
     return mask.astype(np.float32)
 
 
+def box_mean(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """The zero-padded mean over an odd window of ``k`` along ``dim`` (output the input's size):
+    ``F.avg_pool2d`` with kernel k on that axis, padding k // 2, bit for bit. avg_pool2d sums each
+    window's values in order from its first and divides the sum by k; so do these k shifted
+    in-place adds (a padding zero adds exactly nothing), 3-4x faster on float64 maps on the CPU,
+    where the member image score's pools were most of a prediction (tested against avg_pool2d)."""
+    if k % 2 == 0:
+        raise ValueError(f"box_mean: the window must be odd (same-size output), got {k}")
+    n, p = x.shape[dim], k // 2
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [p, p]
+    xp = F.pad(x, pad)
+    acc = xp.narrow(dim, 0, n).clone()
+    for i in range(1, k):
+        acc += xp.narrow(dim, i, n)
+    return acc / k
+
+
 def _log_odds(logits: torch.Tensor) -> torch.Tensor:
     """Anomaly log-odds of 2-class logits [B, 2, h, w] -> [B, h, w] (softmax's class 1 = sigmoid of this)."""
     return logits[:, 1] - logits[:, 0]
@@ -304,8 +321,10 @@ class FeatureSegmenter(Detector):
 
         def pool(x: torch.Tensor) -> torch.Tensor:
             x = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)
-            x = F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0))
-            return F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2))[:, 0]
+            if k % 2 == 0:   # an even pool grows the map by one: avg_pool2d's shape, as before
+                x = F.avg_pool2d(x, (k, 1), stride=1, padding=(k // 2, 0))
+                return F.avg_pool2d(x, (1, k), stride=1, padding=(0, k // 2))[:, 0]
+            return box_mean(box_mean(x[:, 0], k, -2), k, -1)
 
         out, padding = [], None
         for lo in logits:
@@ -391,7 +410,7 @@ class FeatureSegmenter(Detector):
         bs = self.config.predict_batch_size
         feats = self._data_features(images)   # in the same batches of predict_batch_size as before
         for start in range(0, len(images), bs):
-            f = [t[start:start + bs].to(self.device) for t in feats]
+            f = [t[start:start + bs].to(self.device).float() for t in feats]   # once, not once per member
             logits = [d(*f) for d in self.decoders]
             if self.standardise:
                 z = sum((_log_odds(lo) - m) / sd for lo, (m, sd) in zip(logits, self.standardise))

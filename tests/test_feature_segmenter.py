@@ -362,3 +362,19 @@ def test_image_score_members_standardises_each_members_own_score_on_the_normals(
     np.testing.assert_allclose(det.predict(images)[0], np.mean(own, 0), rtol=1e-4, atol=1e-4)   # float32 maps there
     with pytest.raises(ConfigError, match=r"image_score"):
         get_detector_class("feature_segmenter").resolve_config({"image_score": "mean"}, "d")
+
+
+@pytest.mark.parametrize("k", [1, 5, 21, 33])
+def test_box_mean_is_avg_pool2d_bit_for_bit(k):
+    """The member image score's pool: the same float64 numbers as ``F.avg_pool2d`` (kernel k on
+    one axis, padding k // 2), on both axes, also where the window is wider than the map."""
+    from detectors.feature_segmenter import box_mean
+
+    torch.manual_seed(k)
+    x = torch.sigmoid(5 * torch.randn(3, 24, 17, dtype=torch.float64))
+    rows = F.avg_pool2d(x[:, None], (k, 1), stride=1, padding=(k // 2, 0))[:, 0]
+    cols = F.avg_pool2d(x[:, None], (1, k), stride=1, padding=(0, k // 2))[:, 0]
+    assert torch.equal(box_mean(x, k, -2), rows) and torch.equal(box_mean(x, k, 1), rows)
+    assert torch.equal(box_mean(x, k, -1), cols) and torch.equal(box_mean(x, k, 2), cols)
+    with pytest.raises(ValueError, match="odd"):
+        box_mean(x, 4, -1)
