@@ -25,6 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from benchmark.weights import sha256_file
+
 FORMAT = 1
 MAX_BYTES = 6 * 2**30   # about five 1,120-image sets of ResNet-50 layer1-3 features at 128 px (float16)
 
@@ -37,20 +39,12 @@ def features_key(parts: dict, images: np.ndarray) -> str:
     return h.hexdigest()[:24]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load(root: Path, key: str) -> list[torch.Tensor] | None:
     """The tensors stored under ``key``; None when there are none or they fail their checksum."""
     path, meta = root / f"{key}.pt", root / f"{key}.json"
     try:
         want = json.loads(meta.read_text())["sha256"]
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != want:
             raise ValueError(f"sha256 {got[:12]}... is not the {want[:12]}... written beside it")
         tensors = torch.load(path, weights_only=True)
@@ -73,7 +67,7 @@ def save(root: Path, key: str, tensors: list[torch.Tensor], parts: dict, max_byt
     os.close(fd)
     try:
         torch.save(tensors, tmp)
-        meta = {"sha256": _sha256(Path(tmp)), "parts": parts, "format": FORMAT,
+        meta = {"sha256": sha256_file(Path(tmp)), "parts": parts, "format": FORMAT,
                 "shapes": [list(t.shape) for t in tensors]}
         Path(tmp + ".json").write_text(json.dumps(meta, sort_keys=True, default=str))
         os.replace(tmp + ".json", root / f"{key}.json")

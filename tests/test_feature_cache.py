@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.weights import sha256_file
 from detectors import feature_cache as fc
 from detectors.feature_segmenter import FeatureSegmenter
 from tests.test_feature_segmenter import _fit, weights_cache  # noqa: F401  (the fixture)
@@ -76,7 +77,7 @@ def test_a_damaged_file_is_discarded_and_recomputed(weights_cache, monkeypatch, 
     np.testing.assert_array_equal(s1, s0)
     np.testing.assert_array_equal(m1, m0)
     for p in tmp_path.glob("*.pt"):   # rewritten whole
-        assert json.loads(p.with_suffix(".json").read_text())["sha256"] == fc._sha256(p)
+        assert json.loads(p.with_suffix(".json").read_text())["sha256"] == sha256_file(p)
 
 
 def test_the_key_moves_with_the_images_and_every_part():
