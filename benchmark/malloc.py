@@ -13,7 +13,7 @@ import ctypes.util
 
 M_TRIM_THRESHOLD = -1   # <malloc.h>: keep this much freed memory at the heap's top
 M_MMAP_THRESHOLD = -3   # <malloc.h>: allocations above this get their own mmap
-MMAP_THRESHOLD = 32 * 2**20   # glibc's ceiling for it on 64-bit: tensors up to 32 MiB stay in the heap
+MMAP_THRESHOLD = 32 * 2**20   # the ceiling of glibc's own moving threshold on 64-bit: tensors up to 32 MiB in the heap
 TRIM_THRESHOLD = 2**30
 
 

@@ -197,7 +197,8 @@ class LinearHead(nn.Module):
         are both linear and act on different axes (space, channels), so W_m mean(f) = mean(W_m f):
         one conv to 4 outputs, then the mean of its 2 W_m outputs, the same function (equal up to
         float rounding) as pooling all C channels and a conv on 2C. Why: pooling C channels and
-        concatenating them was most of a linear head's training step (2.4x slower per step)."""
+        concatenating them was most of a linear head's training step (300 steps took 27.5 s on one
+        thread that way, 13.2 s this way)."""
         f = f.float()
         if not self.context:
             return conv(f)
