@@ -4,7 +4,8 @@ Why: glibc serves an allocation above a moving threshold (128 KiB at start) with
 and gives it back on free, so a training step that allocates the same few-MiB tensors every
 step page-faults them in anew each time. Measured on the quick bench's 2-core box: one DH-Diff
 set made 8.75 M minor page faults and spent 33 s in the kernel of 194 s; with the two settings
-below, 0.34 M faults, 7 s and 178 s, and a byte-identical set (docs/stability.md §14).
+below (given there as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_), 0.34 M faults, 7 s and
+178 s, and a byte-identical set (docs/stability.md §14).
 """
 from __future__ import annotations
 
