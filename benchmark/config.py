@@ -143,7 +143,8 @@ class RunConfig:
     jobs: int = option(1, ge=1, help="local executor: cells run at once, each in its own process "
                        "with `threads` torch threads (1: one after another, in this process)")
     generate_threads: int = option(0, ge=0, help="torch threads while generators fit and sample (0: "
-                                   "threads); with jobs > 1 the sets are made first, one after another")
+                                   "threads, inside each cell); with jobs > 1 the sets are tasks of their own "
+                                   "before their cells, in the pool, or here one after another when above threads")
     ray: RayConfig = field(default_factory=RayConfig)
     results_dir: str = "results/runs"
     cache_dir: str = "results/cache"

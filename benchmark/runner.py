@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from generators import get_generator_class
 
 from . import runs, schema, store
 from .cell import NO_GENERATOR, run_cell
-from .config import CellConfig, ConfigError, RunConfig
+from .config import CellConfig, ConfigError, RunConfig, digest
 from .datasets import DATASETS, create_dataset, list_datasets
 from .evaluation import check_ready
 from .registry import UnknownNameError
@@ -185,9 +185,9 @@ def _pool_cell(cell: dict, cache_dir: str, run_dir: str, threads: int) -> dict |
 
 def _generate_first(cells: list[CellConfig], cache_dir: str, console: Console) -> None:
     """Make every cell's generated set here, one after another with ``generate_threads`` torch
-    threads, before the cells run in parallel: a diffusion generator uses two threads well where
-    the detector's small convolutions do not, and the cells then read their sets from the cache.
-    A set that fails here is made (and its failure recorded) by its cell."""
+    threads, before the cells run in parallel (when a set has more threads than a cell, so that
+    two sets at once would oversubscribe the cores); the cells then read their sets from the
+    cache. A set that fails here is made (and its failure recorded) by its cell."""
     from .cell import generate_only
 
     todo = [c for c in cells if c.generator != NO_GENERATOR]
@@ -208,41 +208,110 @@ def _generate_first(cells: list[CellConfig], cache_dir: str, console: Console) -
             _finished(prog, task, label)
 
 
+def _pool_set(cell: dict, cache_dir: str) -> str | None:
+    """One cell's generated set in a worker process, with the cell's ``generate_threads``
+    (``generate_only``): None, or why it failed (the cell then makes the set itself and records
+    the failure)."""
+    from .cell import generate_only
+
+    try:
+        generate_only(CellConfig.from_dict(cell), cache_dir)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _set_identity(c: CellConfig) -> str:
+    """Cells with equal identity read one generated set (they differ only in the detector):
+    the pool makes it once. Too fine a split would only queue a second task that waits on the
+    set's lock and then reads it."""
+    d = c.to_dict()
+    for key in ("detector", "detector_cfg", "detector_seed", "quality", "eval_size", "threads", "device"):
+        d.pop(key, None)
+    return digest(d)
+
+
 def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: int) -> list[dict]:
     """``jobs`` cells at once, each in its own (spawned) process with ``cfg.threads`` torch threads
     (default: the CPUs shared out). Small convolutions use 2 threads poorly, so on 2 cores two
     1-thread cells finish sooner than two 2-thread cells in a row; a record is the same as a
-    sequential run's with the same thread count. Records are written as soon as a cell ends."""
+    sequential run's with the same thread count. Records are written as soon as a cell ends.
+
+    Generated sets (``generate_threads`` > 0) are tasks of their own, queued before every cell,
+    and a cell is queued when its set is made. Why: DH-Diff's small U-Net uses 2 threads poorly
+    too (one set on this 2-core box: 308 s with 1 thread, 227 s with 2, user CPU 306 s against
+    417 s), so two 1-thread sets side by side, and cells beside the last set, keep both cores
+    busy where one 2-thread set after another did not. A set with more threads than a cell
+    (``generate_threads`` > ``threads``) is made here instead, one after another, before the
+    cells (``_generate_first``): two of them at once would oversubscribe the cores."""
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // jobs)
     for ds in dict.fromkeys(c.dataset for c in cells):   # build data trees once, before workers race
         adapter = create_dataset(ds, cfg.root_of(ds), **cfg.dataset_cfg.get(ds, {}))
         if hasattr(adapter, "ensure"):
             adapter.ensure()
-    if cfg.generate_threads:
+    sets_in_pool = 0 < cfg.generate_threads <= threads
+    if cfg.generate_threads and not sets_in_pool:
         _generate_first(cells, cfg.cache_dir, console)
+    # set identity -> the cells waiting for it; cells without a set (or with sets made already) wait for nothing
+    waiting: dict[str, list[CellConfig]] = {}
+    ready: list[CellConfig] = []
+    for c in cells:
+        if sets_in_pool and c.generator != NO_GENERATOR:
+            waiting.setdefault(_set_identity(c), []).append(c)
+        else:
+            ready.append(c)
     out = []
     pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
     try:
         with _progress(console) as prog:
+            set_task = (prog.add_task(f"generated sets ({cfg.generate_threads} thread"
+                                      f"{'s' if cfg.generate_threads > 1 else ''} each)", total=len(waiting),
+                                      status="") if waiting else None)
             task = prog.add_task(f"cells ({jobs} processes)", total=len(cells), status="")
-            futs = {pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads): c for c in cells}
+            futs: dict = {}   # future -> ("set", identity, first cell) | ("cell", cell)
 
-            def running() -> str:  # the pool takes cells in order: the first not-done ones are running
-                return "running: " + "; ".join([c.label for f, c in futs.items() if not f.done()][:jobs])
+            def submit_cell(c: CellConfig) -> None:
+                futs[pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads)] = ("cell", c)
+
+            for ident, group in waiting.items():   # sets first: the cells wait for them
+                futs[pool.submit(_pool_set, group[0].to_dict(), cfg.cache_dir)] = ("set", ident, group[0])
+            for c in ready:
+                submit_cell(c)
+
+            def running() -> str:
+                names = [f"set {v[2].dataset}/{v[2].category} {v[2].generator} seed {v[2].seed}" if v[0] == "set"
+                         else v[1].label for f, v in futs.items() if f.running()]
+                return "running: " + "; ".join(names[:jobs])
 
             prog.update(task, status=running())
-            for f in as_completed(futs):
-                c = futs[f]
-                try:
-                    rec = f.result()
-                except Exception as e:  # the worker process itself died: record it like any failure
-                    rec = {"hash": c.hash(), "config": c.to_dict(), "status": "failed",
-                           "error": f"{type(e).__name__}: {e}", "traceback": repr(e)}
-                    store.write_record(cfg.run_dir, rec)
-                if rec is not None:
-                    _report_failure(console, rec)
-                    out.append(rec)
-                _finished(prog, task, c.label, status=running())
+            while futs:
+                done, _ = wait(list(futs), return_when=FIRST_COMPLETED)
+                for f in done:
+                    kind, *rest = futs.pop(f)
+                    if kind == "set":
+                        ident, c = rest
+                        try:
+                            err = f.result()
+                        except Exception as e:   # the worker process died
+                            err = f"{type(e).__name__}: {e}"
+                        if err:
+                            console.print(f"[yellow]generating for {c.label} failed; the cell records it:[/yellow] {err}")
+                        for cell in waiting[ident]:
+                            submit_cell(cell)
+                        _finished(prog, set_task, f"{c.dataset}/{c.category} {c.generator} seed {c.seed}",
+                                  status=running())
+                        continue
+                    c = rest[0]
+                    try:
+                        rec = f.result()
+                    except Exception as e:  # the worker process itself died: record it like any failure
+                        rec = {"hash": c.hash(), "config": c.to_dict(), "status": "failed",
+                               "error": f"{type(e).__name__}: {e}", "traceback": repr(e)}
+                        store.write_record(cfg.run_dir, rec)
+                    if rec is not None:
+                        _report_failure(console, rec)
+                        out.append(rec)
+                    _finished(prog, task, c.label, status=running())
     except BaseException:  # Ctrl-C (or a failure here): stop now, keep what is recorded
         stop_pool(pool)
         raise

@@ -96,6 +96,95 @@ def test_jobs_run_cells_in_processes_with_the_same_records(tmp_path, data_root):
     assert len(store.load_records(par.run_dir)) == 4 and execute(par)[0].todo == []
 
 
+def _two_detector_cfg(tmp_path, data_root, **over):
+    """CutPaste and Crop&Paste under two detectors: four cells, two generated sets."""
+    sets = [s for s in TINY if not s.startswith("detectors=")] + [
+        "detectors=[unet, feature_segmenter]",
+        "detector_cfg.feature_segmenter={backbone_weights: none, width: 4, steps: 2, batch_size: 2}"]
+    over = {"datasets": "mvtec_ad", "data_root": str(data_root), "results_dir": str(tmp_path / "runs"),
+            "categories": "bottle", "generators": "cutpaste,crop_paste", "seeds": "0", "threads": 1, "jobs": 2, **over}
+    cfg = build_config("quick", None, over, sets)
+    cfg.cache_dir = str(tmp_path / "cache")
+    return cfg
+
+
+def test_pool_makes_each_set_once_as_a_task_before_its_cells(tmp_path, data_root, monkeypatch):
+    """generate_threads <= threads: each generated set is a pool task of its own, made once for
+    all the cells that read it (here two detectors), before them; none is made in this process."""
+    import io
+
+    from rich.console import Console
+
+    import benchmark.cell
+
+    here = []
+    monkeypatch.setattr(benchmark.cell, "generate_only", lambda c, *a, **k: here.append(c))   # this process only
+    cfg = _two_detector_cfg(tmp_path, data_root, generate_threads=1, run="pool")
+    log = io.StringIO()
+    _, recs = execute(cfg, Console(file=log, width=200))
+    assert here == [] and len(recs) == 4 and all(r["status"] == "ok" for r in recs), recs
+    assert all(r["generated_from_cache"] for r in recs)   # each set was made before its cells
+    lines = log.getvalue().splitlines()
+    assert [ln.split(" after ")[0] for ln in lines if ln.startswith("generated sets (1 thread each): ")] == \
+        ["generated sets (1 thread each): 1/2", "generated sets (1 thread each): 2/2"]
+    assert sum(ln.startswith("cells (2 processes): ") for ln in lines) == 4
+
+
+def test_pool_queues_a_cell_only_once_its_set_is_made(tmp_path, data_root, monkeypatch):
+    """A cell queued before its set is made would hold a worker waiting on the set's lock while a
+    core idles: the pool gets every set first and each cell when its set is done. A fake pool
+    runs one queued task per ``wait``, oldest first, and logs what was queued when."""
+    from concurrent.futures import Future
+
+    import benchmark.runner as runner
+
+    queue, events = [], []
+
+    class FakePool:
+        def __init__(self, *a, **k):
+            pass
+
+        def submit(self, fn, cell, *args):
+            f = Future()
+            queue.append((f, fn.__name__, cell["generator"]))
+            events.append(("queued", fn.__name__, cell["generator"]))
+            return f
+
+        def shutdown(self, **k):
+            pass
+
+    def one_done(fs, return_when=None):
+        f, name, gen = queue.pop(0)
+        events.append(("done", name, gen))
+        f.set_result(None)   # None: as if another process had recorded the cell
+        return {f}, set(fs) - {f}
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", FakePool)
+    monkeypatch.setattr(runner, "wait", one_done)
+    runner.execute(_two_detector_cfg(tmp_path, data_root, generate_threads=1, run="fake"))
+    assert events[:2] == [("queued", "_pool_set", "cutpaste"), ("queued", "_pool_set", "crop_paste")]
+    assert sum(e[1] == "_pool_set" for e in events) == 4   # each set queued once and done once
+    for i, (what, name, gen) in enumerate(events):
+        if (what, name) == ("queued", "_pool_cell"):
+            assert ("done", "_pool_set", gen) in events[:i], (gen, events)
+    assert sum(e == ("done", "_pool_cell", g) for e in events for g in ("cutpaste", "crop_paste")) == 4
+
+
+def test_sets_with_more_threads_than_a_cell_are_made_here_first(tmp_path, data_root, monkeypatch):
+    """generate_threads > threads: two such sets at once would oversubscribe the cores, so they are
+    made in this process, one after another, before the pool starts."""
+    import benchmark.cell
+
+    here = []
+    real = benchmark.cell.generate_only
+    monkeypatch.setattr(benchmark.cell, "generate_only", lambda c, *a, **k: (here.append(c), real(c, *a, **k))[1])
+    cfg = _two_detector_cfg(tmp_path, data_root, generate_threads=2, run="first")
+    _, recs = execute(cfg)
+    assert sorted((c.generator, c.detector, c.generate_threads) for c in here) == [
+        ("crop_paste", d, 2) for d in ("feature_segmenter", "unet")] + [("cutpaste", d, 2) for d in ("feature_segmenter", "unet")]
+    assert len(recs) == 4 and all(r["generated_from_cache"] for r in recs)
+
+
 def test_failed_cell_is_recorded_and_others_finish(tmp_path, data_root):
     # an unreadable image in one category fails that cell only, naming the file
     bad = data_root / "carpet" / "train" / "good" / "000.png"
