@@ -248,7 +248,7 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
     for ds in dict.fromkeys(c.dataset for c in cells):   # build data trees once, before workers race
         adapter = create_dataset(ds, cfg.root_of(ds), **cfg.dataset_cfg.get(ds, {}))
         if hasattr(adapter, "ensure"):
-            adapter.ensure()
+            adapter.ensure(sorted({c.category for c in cells if c.dataset == ds}))
     sets_in_pool = 0 < cfg.generate_threads <= threads
     if cfg.generate_threads and not sets_in_pool:
         _generate_first(cells, cfg.cache_dir, console)

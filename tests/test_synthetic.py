@@ -106,13 +106,33 @@ def test_interrupted_build_leaves_no_trusted_tree(tmp_path, monkeypatch):
     ds = create_dataset("synthetic", root=tmp_path, seed=0, **SMALL)
     with pytest.raises(KeyboardInterrupt):
         ds.samples("weave")
-    assert not ds.root.exists() and list(tmp_path.iterdir()) == []
-    # a half tree at the final path (e.g. written by hand) is not trusted either
+    assert [p.name for p in tmp_path.iterdir()] == [ds.root.name]   # no temp folder beside the tree
+    assert [p.name for p in ds.root.iterdir()] == [sy.MANIFEST]     # nor in it, and no category
+    # a half category at the final path (e.g. written by hand) is not trusted either
     (ds.root / "weave" / "train" / "good").mkdir(parents=True)
     monkeypatch.setattr(sy, "_write_png", real)
     n = sy.builds
     assert len(ds.samples("weave")) == 3 + 2 + 2 * len(sy.DEFECTS["weave"])
-    assert sy.builds == n + 1 and (ds.root / sy.MANIFEST).is_file()
+    assert sy.builds == n + 1 and sorted(p.name for p in ds.root.iterdir()) == [sy.MANIFEST, "weave"]
+
+
+def test_a_category_is_built_when_read_with_the_full_trees_bytes(small, tmp_path):
+    """The bench reads one category: only it is written, byte for byte the full tree's; another
+    category joins later without touching it; a tree of another manifest is replaced whole."""
+    ds = create_dataset("synthetic", root=tmp_path, seed=0, **SMALL)
+    ds.samples("weave")
+    assert sorted(p.name for p in ds.root.iterdir()) == [sy.MANIFEST, "weave"]
+    full = _files(small.root)
+    assert _files(ds.root) == {k: v for k, v in full.items() if k.startswith("weave/")}
+    before = {p: p.stat().st_mtime_ns for p in (ds.root / "weave").rglob("*")}
+    ds.ensure(["wood", "weave"])
+    assert sorted(p.name for p in ds.root.iterdir()) == [sy.MANIFEST, "weave", "wood"]
+    assert {p: p.stat().st_mtime_ns for p in (ds.root / "weave").rglob("*")} == before
+    assert _files(ds.ensure()) == full
+    (ds.root / sy.MANIFEST).write_text('{"version": "v0"}')
+    n = sy.builds
+    ds.samples("granite")
+    assert sy.builds == n + 1 and {p.name for p in ds.root.iterdir()} == {sy.MANIFEST, "granite"}
 
 
 def test_object_poses_vary():
@@ -171,6 +191,9 @@ def test_parallel_build_writes_the_same_bytes(tmp_path):
     cfg = sy.SyntheticConfig(seed=2, **SMALL)
     sy._build(tmp_path / "one", cfg, workers=1)
     sy._build(tmp_path / "two", cfg, workers=2)
+    sy._build(tmp_path / "weave", cfg, ("weave",), workers=2)   # one category, its images split over both
+    assert len(sy._image_chunks(sy.SyntheticConfig(), ("weave",))) == 1 + 6 + 4 * 2
+    assert _files(tmp_path / "weave") == {k: v for k, v in _files(tmp_path / "one").items() if k.startswith("weave/")}
     a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len(a) == len(sy.CATEGORIES) * (3 + 2) + sum(len(d) for d in sy.DEFECTS.values()) * 2 * 2
     assert a == b
