@@ -4,6 +4,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,18 +271,30 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
             task = prog.add_task(f"cells ({jobs} processes)", total=len(cells), status="")
             futs: dict = {}   # future -> ("set", identity, first cell) | ("cell", cell)
 
+            def running() -> str:
+                names = [f"set {v[2].dataset}/{v[2].category} {v[2].generator} seed {v[2].seed}" if v[0] == "set"
+                         else v[1].label for f, v in futs.items() if f.running()]
+                return "running: " + "; ".join(names[:jobs])
+
+            def died(c: CellConfig, e: BaseException) -> None:
+                """The worker process itself died (or took the pool with it): record it like any failure."""
+                rec = {"hash": c.hash(), "config": c.to_dict(), "status": "failed",
+                       "error": f"{type(e).__name__}: {e}", "traceback": repr(e)}
+                store.write_record(cfg.run_dir, rec)
+                _report_failure(console, rec)
+                out.append(rec)
+                _finished(prog, task, c.label, status=running())
+
             def submit_cell(c: CellConfig) -> None:
-                futs[pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads)] = ("cell", c)
+                try:
+                    futs[pool.submit(_pool_cell, c.to_dict(), cfg.cache_dir, str(cfg.run_dir), threads)] = ("cell", c)
+                except BrokenProcessPool as e:   # a set's worker died and broke the pool: its cells cannot run
+                    died(c, e)
 
             for ident, group in waiting.items():   # sets first: the cells wait for them
                 futs[pool.submit(_pool_set, group[0].to_dict(), cfg.cache_dir)] = ("set", ident, group[0])
             for c in ready:
                 submit_cell(c)
-
-            def running() -> str:
-                names = [f"set {v[2].dataset}/{v[2].category} {v[2].generator} seed {v[2].seed}" if v[0] == "set"
-                         else v[1].label for f, v in futs.items() if f.running()]
-                return "running: " + "; ".join(names[:jobs])
 
             prog.update(task, status=running())
             while futs:
@@ -304,10 +317,9 @@ def run_pool(cfg: RunConfig, cells: list[CellConfig], console: Console, jobs: in
                     c = rest[0]
                     try:
                         rec = f.result()
-                    except Exception as e:  # the worker process itself died: record it like any failure
-                        rec = {"hash": c.hash(), "config": c.to_dict(), "status": "failed",
-                               "error": f"{type(e).__name__}: {e}", "traceback": repr(e)}
-                        store.write_record(cfg.run_dir, rec)
+                    except Exception as e:
+                        died(c, e)
+                        continue
                     if rec is not None:
                         _report_failure(console, rec)
                         out.append(rec)

@@ -130,44 +130,76 @@ def test_pool_makes_each_set_once_as_a_task_before_its_cells(tmp_path, data_root
     assert sum(ln.startswith("cells (2 processes): ") for ln in lines) == 4
 
 
-def test_pool_queues_a_cell_only_once_its_set_is_made(tmp_path, data_root, monkeypatch):
-    """A cell queued before its set is made would hold a worker waiting on the set's lock while a
-    core idles: the pool gets every set first and each cell when its set is done. A fake pool
-    runs one queued task per ``wait``, oldest first, and logs what was queued when."""
-    from concurrent.futures import Future
+class _FakePool:
+    """A stand-in for the process pool: ``submit`` only queues, the patched ``wait`` runs the
+    oldest queued task (None: as if another process had recorded the cell), and every step is
+    logged. ``die_on_set``: the first set's worker dies, which breaks the pool for what follows."""
 
-    import benchmark.runner as runner
+    def __init__(self, die_on_set: bool = False):
+        self.queue, self.events, self.die_on_set, self.broken = [], [], die_on_set, False
 
-    queue, events = [], []
+    def __call__(self, *a, **k):   # the runner constructs the pool
+        return self
 
-    class FakePool:
-        def __init__(self, *a, **k):
-            pass
+    def submit(self, fn, cell, *args):
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
 
-        def submit(self, fn, cell, *args):
-            f = Future()
-            queue.append((f, fn.__name__, cell["generator"]))
-            events.append(("queued", fn.__name__, cell["generator"]))
-            return f
+        if self.broken:
+            raise BrokenProcessPool("A child process terminated abruptly, the process pool is not usable anymore")
+        f = Future()
+        self.queue.append((f, fn.__name__, cell["generator"]))
+        self.events.append(("queued", fn.__name__, cell["generator"]))
+        return f
 
-        def shutdown(self, **k):
-            pass
+    def wait(self, fs, return_when=None):
+        from concurrent.futures.process import BrokenProcessPool
 
-    def one_done(fs, return_when=None):
-        f, name, gen = queue.pop(0)
-        events.append(("done", name, gen))
-        f.set_result(None)   # None: as if another process had recorded the cell
+        f, name, gen = self.queue.pop(0)
+        self.events.append(("done", name, gen))
+        if self.die_on_set and name == "_pool_set":
+            self.broken = True
+            f.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+        else:
+            f.set_result(None)
         return {f}, set(fs) - {f}
 
-    monkeypatch.setattr(runner, "ProcessPoolExecutor", FakePool)
-    monkeypatch.setattr(runner, "wait", one_done)
+    def shutdown(self, **k):
+        pass
+
+
+def test_pool_queues_a_cell_only_once_its_set_is_made(tmp_path, data_root, monkeypatch):
+    """A cell queued before its set is made would hold a worker waiting on the set's lock while a
+    core idles: the pool gets every set first and each cell when its set is done."""
+    import benchmark.runner as runner
+
+    pool = _FakePool()
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(runner, "wait", pool.wait)
     runner.execute(_two_detector_cfg(tmp_path, data_root, generate_threads=1, run="fake"))
+    events = pool.events
     assert events[:2] == [("queued", "_pool_set", "cutpaste"), ("queued", "_pool_set", "crop_paste")]
     assert sum(e[1] == "_pool_set" for e in events) == 4   # each set queued once and done once
     for i, (what, name, gen) in enumerate(events):
         if (what, name) == ("queued", "_pool_cell"):
             assert ("done", "_pool_set", gen) in events[:i], (gen, events)
     assert sum(e == ("done", "_pool_cell", g) for e in events for g in ("cutpaste", "crop_paste")) == 4
+
+
+def test_a_worker_dying_on_a_set_is_recorded_in_every_cell_it_stops(tmp_path, data_root, monkeypatch):
+    """A set's worker that dies breaks the pool: each cell that can no longer run gets a failed
+    record naming why (a rerun retries them), and the run ends normally instead of raising."""
+    import benchmark.runner as runner
+
+    pool = _FakePool(die_on_set=True)
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(runner, "wait", pool.wait)
+    cfg = _two_detector_cfg(tmp_path, data_root, generate_threads=1, run="dies")
+    _, recs = runner.execute(cfg)
+    assert len(recs) == 4 and all(r["status"] == "failed" and r["error"].startswith("BrokenProcessPool: ")
+                                  for r in recs)
+    assert {r["hash"] for r in store.load_records(cfg.run_dir)} == {r["hash"] for r in recs}
+    assert len(plan(cfg).todo) == 4
 
 
 def test_sets_with_more_threads_than_a_cell_are_made_here_first(tmp_path, data_root, monkeypatch):
