@@ -568,7 +568,10 @@ def _build(root: Path, cfg: SyntheticConfig, categories: tuple[str, ...] = CATEG
 def _remove(path: Path) -> None:
     """Rename, then delete: a reader never sees a half-deleted folder at the trusted path."""
     trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(path, trash)
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:   # another process moved it first
+        return
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -589,14 +592,23 @@ def ensure_tree(tree: Path, cfg: SyntheticConfig, categories=None) -> Path:
     for stale in [*tree.parent.glob(f".{tree.name}.tmp-*"), *tree.glob(".build.tmp-*")]:   # left by a killed build
         if time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
-    if tree.exists() and not _manifest_ok(tree, cfg):
-        _remove(tree)
-    tree.mkdir(exist_ok=True)
     if not _manifest_ok(tree, cfg):
-        part = tree / f".{MANIFEST}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        part.write_text(json.dumps(cfg.manifest(), indent=1))
-        os.replace(part, tree / MANIFEST)
+        if tree.exists():   # another layout's tree, or a damaged one
+            _remove(tree)
+        # the folder appears with its manifest in one rename, so another process never sees one
+        # without the other (and never takes a tree being built for a stale one)
+        fresh = tree.parent / f".{tree.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        fresh.mkdir()
+        (fresh / MANIFEST).write_text(json.dumps(cfg.manifest(), indent=1))
+        try:
+            os.replace(fresh, tree)
+        except OSError:   # another process put its tree there first
+            shutil.rmtree(fresh, ignore_errors=True)
+            if not _manifest_ok(tree, cfg):
+                raise
     todo = tuple(c for c in cats if not _category_ok(tree, cfg, c))
+    if not todo:
+        return tree
     tmp = tree / f".build.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _build(tmp, cfg, todo)
